@@ -1,0 +1,169 @@
+//! [`Instrumentation`]: the tracer, instruments and propagator a traced client works with.
+//!
+//! Built once per wrapper (cheap to clone). By default it uses the global tracer provider,
+//! meter provider and propagator; tests and applications that keep their own providers pass
+//! them with the builder.
+//!
+//! The global tracer and meter are captured when the instrumentation is built, so build it
+//! (or the wrapper) *after* [`crate::telemetry::init`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
+use opentelemetry::metrics::MeterProvider;
+
+use crate::carrier::HeaderSource;
+use crate::metrics::MessagingMetrics;
+use crate::propagation::{ExtractOutcome, Extracted, Propagation};
+use crate::semconv;
+
+/// The instrumentation scope mqtrace's spans and metrics are reported under.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("mqtrace")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(semconv::SCHEMA_URL)
+        .build()
+}
+
+/// Tracer, metrics and propagation shared by a traced client.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::instrumentation::Instrumentation;
+/// use opentelemetry_sdk::metrics::SdkMeterProvider;
+/// use opentelemetry_sdk::trace::SdkTracerProvider;
+///
+/// let tracer_provider = SdkTracerProvider::builder().build();
+/// let meter_provider = SdkMeterProvider::builder().build();
+/// let instrumentation = Instrumentation::builder()
+///     .with_tracer_provider(&tracer_provider)
+///     .with_meter_provider(&meter_provider)
+///     .build();
+/// # let _ = instrumentation;
+/// ```
+#[derive(Clone)]
+pub struct Instrumentation {
+    tracer: Arc<BoxedTracer>,
+    metrics: Arc<MessagingMetrics>,
+    propagation: Propagation,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrumentation")
+            .field("propagation", &self.propagation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Instrumentation {
+    fn default() -> Self {
+        Self::global()
+    }
+}
+
+impl Instrumentation {
+    /// Uses the global tracer provider, meter provider and propagator.
+    pub fn global() -> Self {
+        Self::builder().build()
+    }
+
+    /// Starts a builder that defaults to the global providers.
+    pub fn builder() -> InstrumentationBuilder {
+        InstrumentationBuilder::default()
+    }
+
+    /// The tracer spans are started with.
+    pub fn tracer(&self) -> &BoxedTracer {
+        &self.tracer
+    }
+
+    /// The messaging instruments.
+    pub fn metrics(&self) -> &MessagingMetrics {
+        &self.metrics
+    }
+
+    pub(crate) fn metrics_arc(&self) -> Arc<MessagingMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The propagation settings.
+    pub fn propagation(&self) -> &Propagation {
+        &self.propagation
+    }
+
+    /// Extracts the producer's context from `headers`, counting unusable headers in
+    /// `mqtrace.propagation.invalid` under `system`.
+    pub fn extract<S: HeaderSource + ?Sized>(
+        &self,
+        system: &'static str,
+        headers: &S,
+    ) -> Extracted {
+        let extracted = self.propagation.extract(headers);
+        if let ExtractOutcome::Invalid(invalid) = &extracted.outcome {
+            self.metrics.record_invalid_context(system, invalid.reason);
+        }
+        extracted
+    }
+}
+
+/// Builder for [`Instrumentation`].
+#[derive(Default)]
+pub struct InstrumentationBuilder {
+    tracer: Option<BoxedTracer>,
+    metrics: Option<MessagingMetrics>,
+    propagation: Propagation,
+}
+
+impl fmt::Debug for InstrumentationBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentationBuilder")
+            .field("custom_tracer", &self.tracer.is_some())
+            .field("custom_meter", &self.metrics.is_some())
+            .field("propagation", &self.propagation)
+            .finish()
+    }
+}
+
+impl InstrumentationBuilder {
+    /// Start spans with a tracer from `provider` instead of the global one.
+    pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: ObjectSafeTracerProvider + ?Sized,
+    {
+        self.tracer = Some(BoxedTracer::new(provider.boxed_tracer(scope())));
+        self
+    }
+
+    /// Record metrics with a meter from `provider` instead of the global one.
+    pub fn with_meter_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: MeterProvider + ?Sized,
+    {
+        self.metrics = Some(MessagingMetrics::new(&provider.meter_with_scope(scope())));
+        self
+    }
+
+    /// Use these propagation settings (a pinned propagator, header limits).
+    pub fn with_propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// Builds the instrumentation; unset parts come from the global providers.
+    pub fn build(self) -> Instrumentation {
+        Instrumentation {
+            tracer: Arc::new(
+                self.tracer
+                    .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope())),
+            ),
+            metrics: Arc::new(self.metrics.unwrap_or_else(|| {
+                MessagingMetrics::new(&opentelemetry::global::meter_with_scope(scope()))
+            })),
+            propagation: self.propagation,
+        }
+    }
+}

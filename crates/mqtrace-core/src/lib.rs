@@ -1,0 +1,56 @@
+//! # mqtrace-core
+//!
+//! The broker-agnostic heart of mqtrace: it knows OpenTelemetry, not Kafka or RabbitMQ.
+//!
+//! - [`carrier`]: [`HeaderSource`](carrier::HeaderSource) lets any client's headers be read as
+//!   an OpenTelemetry `Extractor` under mqtrace's header rules (case-insensitive keys, bytes or
+//!   strings, last occurrence wins, invalid or oversized values ignored);
+//!   [`InjectedHeaders`](carrier::InjectedHeaders) collects what a propagator writes so it
+//!   replaces, never duplicates, existing trace headers.
+//! - [`propagation`]: runs the global (or a pinned) `TextMapPropagator`; W3C Trace Context +
+//!   Baggage when none is installed.
+//! - [`span`]: `send`/`receive`/`process`/`settle` spans per the messaging semantic conventions,
+//!   [`ParentMode`](span::ParentMode) and [`KeyCapture`](span::KeyCapture).
+//! - [`metrics`]: the semconv messaging instruments.
+//! - [`instrumentation`]: tracer + instruments + propagation, shared by a wrapper.
+//! - [`telemetry`]: one call to export traces, metrics and logs over OTLP, or to OTLP-JSON
+//!   files when no endpoint is set.
+//!
+//! Broker crates (`mqtrace-kafka`, ...) implement [`HeaderSource`](carrier::HeaderSource) for
+//! their header types and build on the rest.
+//!
+//! ```
+//! use mqtrace_core::carrier::HeaderSource;
+//! use mqtrace_core::propagation::{ExtractOutcome, Propagation};
+//! use opentelemetry::Context;
+//!
+//! // Any header type becomes a carrier by listing its headers:
+//! struct Headers(Vec<(String, Vec<u8>)>);
+//! impl HeaderSource for Headers {
+//!     fn for_each_header<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>)) {
+//!         self.0.iter().for_each(|(k, v)| visit(k, Some(v)));
+//!     }
+//! }
+//!
+//! let headers = Headers(vec![(
+//!     "traceparent".into(),
+//!     b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec(),
+//! )]);
+//! let extracted = Propagation::global().extract(&headers);
+//! assert_eq!(extracted.outcome, ExtractOutcome::Found);
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod carrier;
+mod error;
+pub mod instrumentation;
+pub mod metrics;
+pub mod propagation;
+pub mod semconv;
+pub mod span;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use instrumentation::Instrumentation;
+pub use span::{KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode};

@@ -1,0 +1,585 @@
+//! Messaging spans: `send` (PRODUCER), `receive` (CLIENT), `process` (CONSUMER) and
+//! `settle` (CLIENT), named `{operation} {destination}` and attributed per the OpenTelemetry
+//! messaging semantic conventions.
+//!
+//! A [`MessagingSpan`] records the matching semconv metrics when it ends, so the span and the
+//! metrics can never disagree. If it is dropped without being ended (the caller's future was
+//! cancelled), it ends with `error.type = cancelled`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+
+use crate::instrumentation::Instrumentation;
+use crate::metrics::MessagingMetrics;
+use crate::propagation::Extracted;
+use crate::semconv;
+
+/// The kind of messaging operation (`messaging.operation.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OperationType {
+    /// A message is created (batch publishing only).
+    Create,
+    /// One or more messages are handed to the broker (PRODUCER span).
+    Send,
+    /// One or more messages are requested by a consumer (CLIENT span).
+    Receive,
+    /// One or more messages are processed by the application (CONSUMER span).
+    Process,
+    /// One or more messages are settled: commit, ack, nack, reject (CLIENT span).
+    Settle,
+}
+
+impl OperationType {
+    /// The semconv value of `messaging.operation.type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OperationType::Create => "create",
+            OperationType::Send => "send",
+            OperationType::Receive => "receive",
+            OperationType::Process => "process",
+            OperationType::Settle => "settle",
+        }
+    }
+
+    /// The span kind the conventions give this operation.
+    pub fn span_kind(&self) -> SpanKind {
+        match self {
+            OperationType::Create | OperationType::Send => SpanKind::Producer,
+            OperationType::Receive | OperationType::Settle => SpanKind::Client,
+            OperationType::Process => SpanKind::Consumer,
+        }
+    }
+}
+
+/// How a consumer's `process` span relates to the producer's context.
+///
+/// The messaging conventions (v1.44) make links the default relation and allow a parent for
+/// single messages. mqtrace defaults to [`ParentMode::Parent`] *and* adds the link: that gives
+/// one connected trace per request in Jaeger or Tempo (as the OpenTelemetry Java agent does),
+/// while link-aware tools still see the creation context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ParentMode {
+    /// The process span is a child of the producer's span, and links to it.
+    #[default]
+    Parent,
+    /// The process span starts a new trace (or joins the consumer's current one) and only
+    /// links to the producer's span.
+    Link,
+}
+
+impl ParentMode {
+    /// The parent context and links for a span that processes the message `extracted` came from.
+    ///
+    /// With no usable producer context, the span's parent is the caller's current context.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::carrier::NoHeaders;
+    /// use mqtrace_core::propagation::Propagation;
+    /// use mqtrace_core::span::ParentMode;
+    ///
+    /// let extracted = Propagation::global().extract(&NoHeaders);
+    /// let (_parent, links) = ParentMode::Parent.parent_and_links(&extracted);
+    /// assert!(links.is_empty());
+    /// ```
+    pub fn parent_and_links(&self, extracted: &Extracted) -> (Context, Vec<Link>) {
+        match (extracted.remote_span_context(), self) {
+            (None, _) => (current_with_message_baggage(&extracted.context), Vec::new()),
+            (Some(remote), ParentMode::Parent) => {
+                (extracted.context.clone(), vec![Link::with_context(remote)])
+            }
+            (Some(remote), ParentMode::Link) => (
+                current_with_message_baggage(&extracted.context),
+                vec![Link::with_context(remote)],
+            ),
+        }
+    }
+}
+
+/// The caller's current context, carrying the message's baggage.
+fn current_with_message_baggage(message: &Context) -> Context {
+    let baggage = message.baggage();
+    if baggage.is_empty() {
+        return Context::current();
+    }
+    Context::current_with_baggage(baggage.iter().map(|(key, (value, metadata))| {
+        KeyValueMetadata::new(key.clone(), value.clone(), metadata.clone())
+    }))
+}
+
+/// Whether message keys are recorded on spans. Payloads never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyCapture {
+    /// Keys are not recorded (default).
+    #[default]
+    Off,
+    /// A stable 64-bit FNV-1a hash of the key, as 16 hex digits: lets you correlate messages
+    /// with the same key without storing the key. Small key spaces can still be brute-forced.
+    Hashed,
+    /// The key itself (UTF-8 as is; other bytes hex-encoded).
+    Raw,
+}
+
+impl KeyCapture {
+    /// The attribute value to record for `key`, or `None` when keys are not captured.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::span::KeyCapture;
+    ///
+    /// assert_eq!(KeyCapture::Off.capture(b"user-1"), None);
+    /// assert_eq!(KeyCapture::Raw.capture(b"user-1").as_deref(), Some("user-1"));
+    /// assert_eq!(KeyCapture::Hashed.capture(b"user-1").map(|h| h.len()), Some(16));
+    /// ```
+    pub fn capture(&self, key: &[u8]) -> Option<String> {
+        match self {
+            KeyCapture::Off => None,
+            KeyCapture::Raw => Some(match std::str::from_utf8(key) {
+                Ok(text) => text.to_owned(),
+                Err(_) => hex(key),
+            }),
+            KeyCapture::Hashed => Some(format!("{:016x}", fnv1a64(key))),
+        }
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The first `host:port` of a comma-separated broker list, as `server.address`/`server.port`.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::span::parse_server;
+///
+/// assert_eq!(parse_server("kafka-1:9092,kafka-2:9092"), Some(("kafka-1".into(), 9092)));
+/// assert_eq!(parse_server("[::1]:9092"), Some(("::1".into(), 9092)));
+/// assert_eq!(parse_server(""), None);
+/// ```
+pub fn parse_server(brokers: &str) -> Option<(String, i64)> {
+    let first = brokers.split(',').next()?.trim();
+    let first = first.rsplit_once("://").map_or(first, |(_, rest)| rest);
+    let (host, port) = first.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: i64 = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// Builds a messaging span with the semconv attributes.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::instrumentation::Instrumentation;
+/// use mqtrace_core::span::{MessagingSpanBuilder, OperationType};
+/// use opentelemetry::Context;
+///
+/// let instrumentation = Instrumentation::global();
+/// let span = MessagingSpanBuilder::new("kafka", OperationType::Send, "send")
+///     .with_destination("orders")
+///     .with_partition(3)
+///     .start(&instrumentation, &Context::current());
+/// span.end();
+/// ```
+#[derive(Debug, Clone)]
+pub struct MessagingSpanBuilder {
+    system: &'static str,
+    operation_type: OperationType,
+    operation_name: &'static str,
+    destination: Option<StringValue>,
+    consumer_group: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
+    attributes: Vec<KeyValue>,
+    links: Vec<Link>,
+}
+
+impl MessagingSpanBuilder {
+    /// A span for `operation_name` (e.g. `send`, `process`, `commit`, `ack`) on `system`
+    /// (`messaging.system`, e.g. `kafka`, `rabbitmq`).
+    pub fn new(
+        system: &'static str,
+        operation_type: OperationType,
+        operation_name: &'static str,
+    ) -> Self {
+        Self {
+            system,
+            operation_type,
+            operation_name,
+            destination: None,
+            consumer_group: None,
+            server: None,
+            attributes: Vec::with_capacity(8),
+            links: Vec::new(),
+        }
+    }
+
+    /// `messaging.destination.name`, also the second word of the span name.
+    pub fn with_destination(mut self, destination: impl Into<StringValue>) -> Self {
+        self.destination = Some(destination.into());
+        self
+    }
+
+    /// `messaging.destination.partition.id`.
+    pub fn with_partition(self, partition: i32) -> Self {
+        self.with_attribute(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_PARTITION_ID,
+            partition.to_string(),
+        ))
+    }
+
+    /// `messaging.consumer.group.name`.
+    pub fn with_consumer_group(mut self, group: impl Into<StringValue>) -> Self {
+        self.consumer_group = Some(group.into());
+        self
+    }
+
+    /// `messaging.message.id`.
+    pub fn with_message_id(self, id: impl Into<StringValue>) -> Self {
+        self.with_attribute(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_ID,
+            Value::String(id.into()),
+        ))
+    }
+
+    /// `messaging.message.body.size`, in bytes. The body itself is never recorded.
+    pub fn with_body_size(self, bytes: usize) -> Self {
+        self.with_attribute(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_BODY_SIZE,
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        ))
+    }
+
+    /// `server.address` and `server.port` of the broker.
+    pub fn with_server(mut self, address: impl Into<StringValue>, port: i64) -> Self {
+        self.server = Some((address.into(), port));
+        self
+    }
+
+    /// Any other attribute (e.g. `messaging.kafka.offset`).
+    pub fn with_attribute(mut self, attribute: KeyValue) -> Self {
+        self.attributes.push(attribute);
+        self
+    }
+
+    /// Links the span to another span's context (e.g. a message's creation context).
+    pub fn with_link(mut self, link: Link) -> Self {
+        self.links.push(link);
+        self
+    }
+
+    /// Links the span to several contexts.
+    pub fn with_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
+        self.links.extend(links);
+        self
+    }
+
+    /// `{operation} {destination}`, or the bare operation name without a destination.
+    pub fn span_name(&self) -> String {
+        match &self.destination {
+            Some(destination) => format!("{} {}", self.operation_name, destination.as_str()),
+            None => self.operation_name.to_owned(),
+        }
+    }
+
+    fn metric_attributes(&self) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new(semconv::MESSAGING_SYSTEM, self.system));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_NAME,
+            self.operation_name,
+        ));
+        if let Some(destination) = &self.destination {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_NAME,
+                Value::String(destination.clone()),
+            ));
+        }
+        if let Some(group) = &self.consumer_group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                Value::String(group.clone()),
+            ));
+        }
+        if let Some((address, port)) = &self.server {
+            attributes.push(KeyValue::new(
+                semconv::SERVER_ADDRESS,
+                Value::String(address.clone()),
+            ));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
+        }
+        attributes
+    }
+
+    /// Starts the span as a child of `parent`, with the instrumentation's tracer.
+    pub fn start(self, instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
+        self.start_inner(instrumentation, parent, None)
+    }
+
+    /// Like [`MessagingSpanBuilder::start`], for an operation that began at `started` (e.g. a
+    /// batch receive whose span is created once messages arrived).
+    pub fn start_at(
+        self,
+        instrumentation: &Instrumentation,
+        parent: &Context,
+        started: std::time::SystemTime,
+    ) -> MessagingSpan {
+        self.start_inner(instrumentation, parent, Some(started))
+    }
+
+    fn start_inner(
+        self,
+        instrumentation: &Instrumentation,
+        parent: &Context,
+        started: Option<std::time::SystemTime>,
+    ) -> MessagingSpan {
+        let metric_attributes = self.metric_attributes();
+        let mut attributes = metric_attributes.clone();
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            self.operation_type.as_str(),
+        ));
+        attributes.extend(self.attributes);
+        let tracer = instrumentation.tracer();
+        let mut span_builder = tracer
+            .span_builder(match &self.destination {
+                Some(destination) => {
+                    Cow::Owned(format!("{} {}", self.operation_name, destination.as_str()))
+                }
+                None => Cow::Borrowed(self.operation_name),
+            })
+            .with_kind(self.operation_type.span_kind())
+            .with_attributes(attributes)
+            .with_links(self.links);
+        let mut clock = Instant::now();
+        if let Some(started) = started {
+            span_builder = span_builder.with_start_time(started);
+            clock -= started.elapsed().unwrap_or_default();
+        }
+        let span = span_builder.start_with_context(tracer, parent);
+        MessagingSpan {
+            cx: parent.with_span(span),
+            started: clock,
+            operation_type: self.operation_type,
+            metric_attributes,
+            message_count: 1,
+            metrics: Some(instrumentation.metrics_arc()),
+        }
+    }
+}
+
+/// A started messaging span. End it with [`MessagingSpan::end`] or
+/// [`MessagingSpan::end_with_error`]; the matching semconv metrics are recorded then.
+pub struct MessagingSpan {
+    cx: Context,
+    started: Instant,
+    operation_type: OperationType,
+    metric_attributes: Vec<KeyValue>,
+    message_count: u64,
+    metrics: Option<Arc<MessagingMetrics>>,
+}
+
+impl fmt::Debug for MessagingSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessagingSpan")
+            .field("span_context", self.cx.span().span_context())
+            .field("operation_type", &self.operation_type)
+            .field("message_count", &self.message_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessagingSpan {
+    /// The parent context with this span active: run the work it measures inside it.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// This span's span context.
+    pub fn span_context(&self) -> SpanContext {
+        self.cx.span().span_context().clone()
+    }
+
+    /// Adds an attribute known only after the span started (e.g. the offset from a
+    /// delivery report).
+    pub fn set_attribute(&self, attribute: KeyValue) {
+        self.cx.span().set_attribute(attribute);
+    }
+
+    /// Adds a link known only after the span started.
+    pub fn add_link(&self, span_context: SpanContext, attributes: Vec<KeyValue>) {
+        self.cx.span().add_link(span_context, attributes);
+    }
+
+    /// How many messages the operation covered (default 1); counted into
+    /// `messaging.client.sent.messages` or `messaging.client.consumed.messages` at the end,
+    /// and recorded as `messaging.batch.message_count` when it is not 1.
+    pub fn set_message_count(&mut self, count: u64) {
+        self.message_count = count;
+        if count != 1 {
+            self.set_attribute(KeyValue::new(
+                semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+                i64::try_from(count).unwrap_or(i64::MAX),
+            ));
+        }
+    }
+
+    /// Runs `work` with this span's context current (so the work's own spans and logs join
+    /// the trace), then ends the span: successfully on `Ok`, with error status and
+    /// `error.type` = the error's type name on `Err`. Dropping the returned future before it
+    /// completes ends the span as cancelled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use mqtrace_core::instrumentation::Instrumentation;
+    /// use mqtrace_core::span::{MessagingSpanBuilder, OperationType};
+    /// use opentelemetry::Context;
+    ///
+    /// let span = MessagingSpanBuilder::new("kafka", OperationType::Process, "process")
+    ///     .with_destination("orders")
+    ///     .start(&Instrumentation::global(), &Context::current());
+    /// let answer = span.run(async { Ok::<_, std::io::Error>(42) }).await?;
+    /// assert_eq!(answer, 42);
+    /// # Ok::<_, std::io::Error>(()) }).unwrap();
+    /// ```
+    pub async fn run<F, T, E>(self, work: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        use opentelemetry::context::FutureExt;
+        let result = work.with_context(self.cx.clone()).await;
+        match &result {
+            Ok(_) => self.end(),
+            Err(error) => self.end_with_error(error_type_name::<E>(), error.to_string()),
+        }
+        result
+    }
+
+    /// Ends the span successfully.
+    pub fn end(mut self) {
+        self.finish(None);
+    }
+
+    /// Ends the span with error status, `error.type = error_type` (low-cardinality: an error
+    /// code or type name) and `description` as the status message.
+    pub fn end_with_error(
+        mut self,
+        error_type: impl Into<StringValue>,
+        description: impl Into<Cow<'static, str>>,
+    ) {
+        self.finish(Some((error_type.into(), description.into())));
+    }
+
+    fn finish(&mut self, error: Option<(StringValue, Cow<'static, str>)>) {
+        let Some(metrics) = self.metrics.take() else {
+            return;
+        };
+        let seconds = self.started.elapsed().as_secs_f64();
+        let span = self.cx.span();
+        if let Some((error_type, description)) = error {
+            let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
+            span.set_attribute(error_type.clone());
+            span.set_status(Status::error(description));
+            self.metric_attributes.push(error_type);
+        }
+        let attributes = &self.metric_attributes;
+        match self.operation_type {
+            OperationType::Create | OperationType::Send => {
+                metrics.record_operation_duration(attributes, seconds);
+                metrics.record_sent(attributes, self.message_count);
+            }
+            OperationType::Receive => {
+                metrics.record_operation_duration(attributes, seconds);
+                metrics.record_consumed(attributes, self.message_count);
+            }
+            OperationType::Settle => metrics.record_operation_duration(attributes, seconds),
+            OperationType::Process => metrics.record_process_duration(attributes, seconds),
+        }
+        span.end();
+    }
+}
+
+impl Drop for MessagingSpan {
+    fn drop(&mut self) {
+        if self.metrics.is_some() {
+            self.finish(Some((
+                semconv::ERROR_TYPE_CANCELLED.into(),
+                "operation dropped before it completed".into(),
+            )));
+        }
+    }
+}
+
+/// The short type name of `E`, for `error.type` (`my_crate::HandlerError` → `HandlerError`).
+pub fn error_type_name<E: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<E>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_kinds_follow_semconv() {
+        assert_eq!(OperationType::Send.span_kind(), SpanKind::Producer);
+        assert_eq!(OperationType::Receive.span_kind(), SpanKind::Client);
+        assert_eq!(OperationType::Process.span_kind(), SpanKind::Consumer);
+        assert_eq!(OperationType::Settle.span_kind(), SpanKind::Client);
+    }
+
+    #[test]
+    fn hashed_keys_are_stable() {
+        // FNV-1a 64 test vector: "a" -> af63dc4c8601ec8c
+        assert_eq!(
+            KeyCapture::Hashed.capture(b"a").as_deref(),
+            Some("af63dc4c8601ec8c")
+        );
+        assert_eq!(
+            KeyCapture::Raw.capture(&[0xff, 0x01]).as_deref(),
+            Some("ff01")
+        );
+    }
+
+    #[test]
+    fn error_type_names_are_short() {
+        struct HandlerError;
+        assert_eq!(error_type_name::<HandlerError>(), "HandlerError");
+        assert_eq!(error_type_name::<Vec<u8>>(), "Vec");
+    }
+
+    #[test]
+    fn parse_server_handles_odd_input() {
+        assert_eq!(parse_server("localhost"), None);
+        assert_eq!(parse_server("host:notaport"), None);
+        assert_eq!(parse_server("PLAINTEXT://k:9093"), Some(("k".into(), 9093)));
+    }
+}

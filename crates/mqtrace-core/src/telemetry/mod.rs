@@ -1,0 +1,262 @@
+//! One call to set up traces, metrics and logs from the standard OpenTelemetry environment.
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | resource (read by the SDK) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export OTLP there; unset: write OTLP-JSON files |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling (read by the SDK; default parent-based always-on) |
+//! | `OTEL_SDK_DISABLED` | `true`: record and export nothing |
+//! | `MQTRACE_TELEMETRY_DIR` | where the files go (default `./telemetry`) |
+//! | `MQTRACE_ENVIRONMENT` | `deployment.environment.name` (default `development`) |
+//!
+//! Spans and logs are exported by batch processors with bounded queues on their own threads;
+//! metrics by a periodic reader. Nothing here ever blocks a producer or consumer: when the
+//! queue is full, telemetry is dropped, not messages. The returned [`TelemetryGuard`] flushes
+//! and shuts everything down when dropped.
+
+mod config;
+pub mod file;
+
+use std::path::PathBuf;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+pub use config::{Destination, OtlpProtocol, TelemetryConfig};
+
+use crate::error::{Error, Result};
+use crate::semconv;
+
+/// Keeps the telemetry pipeline alive; flushes and shuts it down on drop.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+    logger_provider: Option<SdkLoggerProvider>,
+    destination: Destination,
+}
+
+impl TelemetryGuard {
+    /// Where telemetry goes, for a line in the program's summary.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// The tracer provider (installed globally too), `None` when disabled.
+    pub fn tracer_provider(&self) -> Option<&SdkTracerProvider> {
+        self.tracer_provider.as_ref()
+    }
+
+    /// The meter provider (installed globally too), `None` when disabled.
+    pub fn meter_provider(&self) -> Option<&SdkMeterProvider> {
+        self.meter_provider.as_ref()
+    }
+
+    /// The logger provider, for a log bridge (e.g. `opentelemetry-appender-tracing`).
+    pub fn logger_provider(&self) -> Option<&SdkLoggerProvider> {
+        self.logger_provider.as_ref()
+    }
+
+    /// Exports everything recorded so far. Blocks up to the exporters' timeouts: call it
+    /// at a quiet moment (e.g. before printing a summary), not per message.
+    pub fn flush(&self) {
+        if let Some(p) = &self.tracer_provider {
+            let _ = p.force_flush();
+        }
+        if let Some(p) = &self.meter_provider {
+            let _ = p.force_flush();
+        }
+        if let Some(p) = &self.logger_provider {
+            let _ = p.force_flush();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.tracer_provider.take() {
+            let _ = p.shutdown();
+        }
+        if let Some(p) = self.meter_provider.take() {
+            let _ = p.shutdown();
+        }
+        if let Some(p) = self.logger_provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Sets up telemetry from the environment ([`TelemetryConfig::from_env`]) and installs it
+/// globally, with the W3C Trace Context + Baggage propagator.
+///
+/// With gRPC export, call it from within a Tokio runtime.
+///
+/// # Example
+///
+/// ```no_run
+/// # fn main() -> Result<(), mqtrace_core::Error> {
+/// let _telemetry = mqtrace_core::telemetry::init()?;
+/// // ... build traced producers and consumers after this line ...
+/// # Ok(()) }
+/// ```
+pub fn init() -> Result<TelemetryGuard> {
+    init_with(TelemetryConfig::from_env()?)
+}
+
+/// Sets up telemetry with `config` and installs it globally.
+pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
+    crate::propagation::install_default_propagator();
+    let destination = config.destination().clone();
+    if destination == Destination::Disabled {
+        return Ok(TelemetryGuard {
+            tracer_provider: None,
+            meter_provider: None,
+            logger_provider: None,
+            destination,
+        });
+    }
+    let resource = resource(&config);
+    let (tracer_provider, meter_provider, logger_provider) = match &destination {
+        Destination::Files { dir } => file_providers(dir, resource)?,
+        Destination::Otlp { endpoint, protocol } => otlp_providers(endpoint, *protocol, resource)?,
+        Destination::Disabled => unreachable!("handled above"),
+    };
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+    Ok(TelemetryGuard {
+        tracer_provider: Some(tracer_provider),
+        meter_provider: Some(meter_provider),
+        logger_provider: Some(logger_provider),
+        destination,
+    })
+}
+
+/// The resource: `service.name` (from the environment, else the config's default),
+/// `service.version`, `deployment.environment.name`, plus `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(config: &TelemetryConfig) -> Resource {
+    let detected = Resource::builder().build();
+    let has = |key: &'static str| {
+        detected
+            .get(&opentelemetry::Key::from_static_str(key))
+            .is_some()
+    };
+    let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
+    let mut builder = Resource::builder();
+    if !named_by_env {
+        builder = builder.with_service_name(config.default_service_name().to_owned());
+    }
+    let mut extra = Vec::new();
+    if !has(semconv::SERVICE_VERSION) {
+        extra.push(KeyValue::new(
+            semconv::SERVICE_VERSION,
+            config.service_version().to_owned(),
+        ));
+    }
+    if !has(semconv::DEPLOYMENT_ENVIRONMENT_NAME) {
+        extra.push(KeyValue::new(
+            semconv::DEPLOYMENT_ENVIRONMENT_NAME,
+            config.environment().to_owned(),
+        ));
+    }
+    builder
+        .with_attributes(extra)
+        .with_schema_url(Vec::<KeyValue>::new(), semconv::SCHEMA_URL)
+        .build()
+}
+
+type Providers = (SdkTracerProvider, SdkMeterProvider, SdkLoggerProvider);
+
+fn file_providers(dir: &PathBuf, resource: Resource) -> Result<Providers> {
+    file::ensure_dir(dir)?;
+    let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
+    let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
+    let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
+    Ok((
+        SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_batch_exporter(spans)
+            .build(),
+        SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(PeriodicReader::builder(metrics).build())
+            .build(),
+        SdkLoggerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(logs)
+            .build(),
+    ))
+}
+
+fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) -> Result<Providers> {
+    use opentelemetry_otlp::{LogExporter, MetricExporter, SpanExporter, WithExportConfig};
+    let failed = |signal: &'static str| {
+        move |source| Error::Exporter {
+            signal,
+            endpoint: endpoint.to_owned(),
+            source,
+        }
+    };
+    let (spans, metrics, logs) = match protocol {
+        OtlpProtocol::Grpc => {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(Error::NoTokioRuntime);
+            }
+            (
+                SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .build()
+                    .map_err(failed("traces"))?,
+                MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .build()
+                    .map_err(failed("metrics"))?,
+                LogExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .build()
+                    .map_err(failed("logs"))?,
+            )
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let base = endpoint.trim_end_matches('/');
+            (
+                SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{base}/v1/traces"))
+                    .build()
+                    .map_err(failed("traces"))?,
+                MetricExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{base}/v1/metrics"))
+                    .build()
+                    .map_err(failed("metrics"))?,
+                LogExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{base}/v1/logs"))
+                    .build()
+                    .map_err(failed("logs"))?,
+            )
+        }
+    };
+    Ok((
+        SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_batch_exporter(spans)
+            .build(),
+        SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(PeriodicReader::builder(metrics).build())
+            .build(),
+        SdkLoggerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(logs)
+            .build(),
+    ))
+}

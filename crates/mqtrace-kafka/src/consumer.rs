@@ -1,0 +1,396 @@
+//! [`TracedConsumer`]: a rdkafka `StreamConsumer` that extracts each message's context and
+//! runs handlers inside CONSUMER `process {topic}` spans.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use mqtrace_core::propagation::{ExtractOutcome, Extracted};
+use mqtrace_core::span::parse_server;
+use mqtrace_core::{
+    Instrumentation, KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode,
+    semconv,
+};
+use opentelemetry::trace::Link;
+use opentelemetry::{Context, KeyValue};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{
+    CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Message};
+
+use crate::SYSTEM;
+use crate::error::{Error, Result, error_type};
+use crate::headers::KafkaHeaders;
+
+/// A consumed message with the producer's context extracted from its headers.
+///
+/// Dereferences to the rdkafka [`BorrowedMessage`].
+pub struct TracedMessage<'c> {
+    message: BorrowedMessage<'c>,
+    extracted: Extracted,
+}
+
+impl fmt::Debug for TracedMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedMessage")
+            .field("topic", &self.message.topic())
+            .field("partition", &self.message.partition())
+            .field("offset", &self.message.offset())
+            .field("outcome", &self.extracted.outcome)
+            .finish()
+    }
+}
+
+impl<'c> TracedMessage<'c> {
+    /// The rdkafka message.
+    pub fn message(&self) -> &BorrowedMessage<'c> {
+        &self.message
+    }
+
+    /// The producer's context (its span context and baggage), or an empty context when the
+    /// message carried none or an unusable one.
+    pub fn context(&self) -> &Context {
+        &self.extracted.context
+    }
+
+    /// The extraction result, including whether the headers were missing or invalid.
+    pub fn extracted(&self) -> &Extracted {
+        &self.extracted
+    }
+
+    /// A link to the producer's span carrying this message's partition and offset, or `None`
+    /// when the message had no usable context. For batch spans.
+    pub fn link(&self) -> Option<Link> {
+        self.extracted.remote_span_context().map(|sc| {
+            Link::new(
+                sc,
+                vec![
+                    KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_PARTITION_ID,
+                        self.message.partition().to_string(),
+                    ),
+                    KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.message.offset()),
+                ],
+                0,
+            )
+        })
+    }
+
+    /// Gives back the rdkafka message.
+    pub fn into_inner(self) -> BorrowedMessage<'c> {
+        self.message
+    }
+}
+
+impl<'c> std::ops::Deref for TracedMessage<'c> {
+    type Target = BorrowedMessage<'c>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.message
+    }
+}
+
+/// A `StreamConsumer` that extracts each message's trace context and traces its processing.
+///
+/// - [`TracedConsumer::recv`] / [`TracedConsumer::recv_batch`] return [`TracedMessage`]s and
+///   count `messaging.client.consumed.messages`; a batch receive is traced as a CLIENT
+///   `poll {topic}` span linked to every message.
+/// - [`TracedConsumer::process`] runs a handler inside a CONSUMER `process {topic}` span:
+///   a child of the producer's span that also links to it ([`ParentMode::Parent`], default),
+///   or a new trace with only the link ([`ParentMode::Link`]). The span is current inside
+///   the handler and ends when the handler's future completes, with error status if it fails.
+/// - [`TracedConsumer::commit_message`] is traced as a `commit {topic}` settle span.
+///
+/// Messages whose headers are garbage are still delivered: they start a new trace and are
+/// counted in `mqtrace.propagation.invalid`.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtrace_kafka::TracedConsumer;
+/// use rdkafka::ClientConfig;
+///
+/// let consumer = TracedConsumer::from_config(
+///     ClientConfig::new()
+///         .set("bootstrap.servers", "localhost:9092")
+///         .set("group.id", "scorers"),
+/// )?;
+/// consumer.subscribe(&["requests"])?;
+/// loop {
+///     let message = consumer.recv().await?;
+///     consumer
+///         .process(&message, async {
+///             // spans and logs created here join the producer's trace
+///             Ok::<_, std::io::Error>(())
+///         })
+///         .await?;
+/// }
+/// # }
+/// ```
+pub struct TracedConsumer<C: ConsumerContext + 'static = DefaultConsumerContext> {
+    inner: StreamConsumer<C>,
+    instrumentation: Instrumentation,
+    parent_mode: ParentMode,
+    key_capture: KeyCapture,
+    group: Option<String>,
+    server: Option<(String, i64)>,
+}
+
+impl<C: ConsumerContext + 'static> fmt::Debug for TracedConsumer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedConsumer")
+            .field("instrumentation", &self.instrumentation)
+            .field("parent_mode", &self.parent_mode)
+            .field("key_capture", &self.key_capture)
+            .field("group", &self.group)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedConsumer<DefaultConsumerContext> {
+    /// Creates the consumer from `config`; the consumer group and `server.address` come from
+    /// its `group.id` and `bootstrap.servers`.
+    pub fn from_config(config: &ClientConfig) -> Result<Self> {
+        let inner: StreamConsumer = config.create().map_err(|source| Error::Create {
+            client: "consumer",
+            source,
+        })?;
+        let mut consumer = Self::new(inner);
+        consumer.group = config.get("group.id").map(str::to_owned);
+        consumer.server = config.get("bootstrap.servers").and_then(parse_server);
+        Ok(consumer)
+    }
+}
+
+impl<C: ConsumerContext + 'static> TracedConsumer<C> {
+    /// Wraps an existing consumer, with the global telemetry providers.
+    pub fn new(inner: StreamConsumer<C>) -> Self {
+        Self {
+            inner,
+            instrumentation: Instrumentation::global(),
+            parent_mode: ParentMode::default(),
+            key_capture: KeyCapture::Off,
+            group: None,
+            server: None,
+        }
+    }
+
+    /// Uses these providers and propagation settings instead of the global ones.
+    pub fn with_instrumentation(mut self, instrumentation: Instrumentation) -> Self {
+        self.instrumentation = instrumentation;
+        self
+    }
+
+    /// How process spans relate to the producer's span (default [`ParentMode::Parent`]).
+    pub fn with_parent_mode(mut self, parent_mode: ParentMode) -> Self {
+        self.parent_mode = parent_mode;
+        self
+    }
+
+    /// Records message keys on process spans; off by default.
+    pub fn with_key_capture(mut self, key_capture: KeyCapture) -> Self {
+        self.key_capture = key_capture;
+        self
+    }
+
+    /// `messaging.consumer.group.name` (set by [`TracedConsumer::from_config`]).
+    pub fn with_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// `server.address`/`server.port` (set by [`TracedConsumer::from_config`]).
+    pub fn with_server(mut self, address: impl Into<String>, port: u16) -> Self {
+        self.server = Some((address.into(), i64::from(port)));
+        self
+    }
+
+    /// The wrapped consumer, for everything mqtrace does not wrap (assign, seek, pause...).
+    pub fn inner(&self) -> &StreamConsumer<C> {
+        &self.inner
+    }
+
+    /// The instrumentation this consumer records with.
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.instrumentation
+    }
+
+    /// Subscribes to `topics` (a pass-through to rdkafka's `subscribe`).
+    pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        self.inner
+            .subscribe(topics)
+            .map_err(|source| Error::Subscribe {
+                topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+                source,
+            })
+    }
+
+    fn traced<'m>(&self, message: BorrowedMessage<'m>) -> TracedMessage<'m> {
+        let extracted = match message.headers() {
+            Some(headers) => self.instrumentation.extract(SYSTEM, &KafkaHeaders(headers)),
+            None => Extracted {
+                context: Context::new(),
+                outcome: ExtractOutcome::Missing,
+            },
+        };
+        TracedMessage { message, extracted }
+    }
+
+    fn record_consumed(&self, topic: &str, count: u64) {
+        let mut attributes = vec![
+            KeyValue::new(semconv::MESSAGING_SYSTEM, SYSTEM),
+            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "poll"),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, topic.to_owned()),
+        ];
+        if let Some(group) = &self.group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.clone(),
+            ));
+        }
+        self.instrumentation
+            .metrics()
+            .record_consumed(&attributes, count);
+    }
+
+    /// Waits for the next message. Cancel-safe: dropping the future loses no message.
+    pub async fn recv(&self) -> Result<TracedMessage<'_>> {
+        let message = self.inner.recv().await.map_err(Error::Receive)?;
+        self.record_consumed(message.topic(), 1);
+        Ok(self.traced(message))
+    }
+
+    /// Collects up to `max` messages, waiting at most `max_wait` in all; returns an empty
+    /// batch when nothing arrived in time.
+    ///
+    /// A non-empty batch is traced as a CLIENT `poll {topic}` span (from the call to the last
+    /// message) with `messaging.batch.message_count` and a link to each message's producer
+    /// context. If the broker reports an error after some messages were collected, those
+    /// messages are returned and the error surfaces on the next call.
+    ///
+    /// Not cancel-safe: dropping the future drops the messages collected so far, and with
+    /// auto offset store on, their offsets may be committed. Do not race it in `select!`.
+    pub async fn recv_batch(
+        &self,
+        max: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<TracedMessage<'_>>> {
+        let started = SystemTime::now();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut batch = Vec::with_capacity(max.min(1024));
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
+                Err(_elapsed) => break,
+                Ok(Ok(message)) => batch.push(self.traced(message)),
+                Ok(Err(error)) if batch.is_empty() => return Err(Error::Receive(error)),
+                Ok(Err(_)) => break,
+            }
+        }
+        if !batch.is_empty() {
+            self.trace_batch_receive(&batch, started);
+        }
+        Ok(batch)
+    }
+
+    fn trace_batch_receive(&self, batch: &[TracedMessage<'_>], started: SystemTime) {
+        let first_topic = batch[0].topic();
+        let same_topic = batch.iter().all(|m| m.topic() == first_topic);
+        let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Receive, "poll")
+            .with_links(batch.iter().filter_map(TracedMessage::link));
+        if same_topic {
+            builder = builder.with_destination(first_topic.to_owned());
+        }
+        if let Some(group) = &self.group {
+            builder = builder.with_consumer_group(group.clone());
+        }
+        if let Some((address, port)) = &self.server {
+            builder = builder.with_server(address.clone(), *port);
+        }
+        let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
+        span.set_message_count(batch.len() as u64);
+        span.end();
+        for message in batch {
+            self.record_consumed(message.topic(), 1);
+        }
+    }
+
+    /// Starts the CONSUMER `process {topic}` span for `message` without running anything in
+    /// it, for handlers that need manual control. [`TracedConsumer::process`] is simpler.
+    pub fn process_span(&self, message: &TracedMessage<'_>) -> MessagingSpan {
+        let (parent, links) = self.parent_mode.parent_and_links(&message.extracted);
+        let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Process, "process")
+            .with_destination(message.topic().to_owned())
+            .with_partition(message.partition())
+            .with_attribute(KeyValue::new(
+                semconv::MESSAGING_KAFKA_OFFSET,
+                message.offset(),
+            ))
+            .with_body_size(message.payload_len())
+            .with_links(links);
+        if message.payload().is_none() {
+            builder = builder.with_attribute(KeyValue::new(
+                semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE,
+                true,
+            ));
+        }
+        if let Some(key) = message.key().and_then(|k| self.key_capture.capture(k)) {
+            builder =
+                builder.with_attribute(KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_KEY, key));
+        }
+        if let Some(group) = &self.group {
+            builder = builder.with_consumer_group(group.clone());
+        }
+        if let Some((address, port)) = &self.server {
+            builder = builder.with_server(address.clone(), *port);
+        }
+        builder.start(&self.instrumentation, &parent)
+    }
+
+    /// Runs `handler` inside `message`'s process span and returns its result.
+    ///
+    /// The span is the current context while the handler runs, so a
+    /// [`TracedProducer`](crate::TracedProducer) send inside it (a reply, a forward, a retry)
+    /// carries the process span's context, never the stale incoming one.
+    pub async fn process<F, T, E>(&self, message: &TracedMessage<'_>, handler: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        self.process_span(message).run(handler).await
+    }
+
+    /// Commits `message`'s offset, traced as a CLIENT `commit {topic}` settle span.
+    pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> Result<()> {
+        let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Settle, "commit")
+            .with_destination(message.topic().to_owned())
+            .with_partition(message.partition())
+            .with_attribute(KeyValue::new(
+                semconv::MESSAGING_KAFKA_OFFSET,
+                message.offset(),
+            ));
+        if let Some(group) = &self.group {
+            builder = builder.with_consumer_group(group.clone());
+        }
+        if let Some(link) = message.link() {
+            builder = builder.with_link(link);
+        }
+        let span = builder.start(&self.instrumentation, &Context::current());
+        match self.inner.commit_message(&message.message, mode) {
+            Ok(()) => {
+                span.end();
+                Ok(())
+            }
+            Err(source) => {
+                span.end_with_error(error_type(&source), source.to_string());
+                Err(Error::Commit {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    source,
+                })
+            }
+        }
+    }
+}

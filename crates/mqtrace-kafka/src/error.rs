@@ -1,0 +1,77 @@
+//! The error type of `mqtrace-kafka`.
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+
+/// Errors from traced Kafka clients. The span of the failed operation carries the same
+/// information (`error.type` and an error status).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The client could not be created from its configuration.
+    #[error(
+        "cannot create the Kafka {client}: {source} (check bootstrap.servers and the other client properties)"
+    )]
+    Create {
+        /// `producer` or `consumer`.
+        client: &'static str,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The message was not delivered; it is handed back so it can be retried.
+    #[error("message to topic '{topic}' was not delivered: {source}")]
+    Delivery {
+        /// The destination topic.
+        topic: String,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+        /// The message, as it was to be sent (headers included).
+        message: Box<OwnedMessage>,
+    },
+    /// Receiving from the broker failed.
+    #[error("receiving from Kafka failed: {0}")]
+    Receive(#[source] KafkaError),
+    /// Committing an offset failed.
+    #[error("committing offset {offset} of {topic}[{partition}] failed: {source}")]
+    Commit {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset of the message being committed.
+        offset: i64,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// Subscribing to topics failed.
+    #[error("subscribing to {topics:?} failed: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A low-cardinality `error.type` for a Kafka error: the librdkafka error code's name
+/// (e.g. `MessageTimedOut`), or the error's kind when it has no code.
+pub fn error_type(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => {
+            let debug = format!("{error:?}");
+            debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("KafkaError")
+                .to_owned()
+        }
+    }
+}

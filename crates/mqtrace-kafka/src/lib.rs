@@ -1,0 +1,50 @@
+//! # mqtrace-kafka
+//!
+//! Traced [rust-rdkafka](https://docs.rs/rdkafka) clients: W3C trace context travels in Kafka
+//! message headers, sends are PRODUCER spans that end at the broker's delivery report, and
+//! consumed messages are processed inside CONSUMER spans that continue the producer's trace.
+//!
+//! - [`TracedProducer`] wraps `FutureProducer`;
+//! - [`TracedConsumer`] wraps `StreamConsumer`, yielding [`TracedMessage`]s;
+//! - [`headers`] adapts rdkafka headers to mqtrace's carriers.
+//!
+//! Spans, attributes and metrics follow the OpenTelemetry messaging semantic conventions
+//! (`messaging.system = kafka`). Message keys are recorded only when opted in with
+//! [`KeyCapture`](mqtrace_core::KeyCapture); payloads never.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use mqtrace_kafka::{TracedConsumer, TracedProducer};
+//! use rdkafka::ClientConfig;
+//! use rdkafka::producer::FutureRecord;
+//!
+//! let _telemetry = mqtrace_core::telemetry::init()?;
+//! let mut config = ClientConfig::new();
+//! config.set("bootstrap.servers", "localhost:9092");
+//!
+//! let producer = TracedProducer::from_config(&config)?;
+//! producer
+//!     .send(FutureRecord::<str, str>::to("requests").payload("score me"), Duration::from_secs(5))
+//!     .await?;
+//!
+//! let consumer = TracedConsumer::from_config(config.clone().set("group.id", "scorers"))?;
+//! consumer.subscribe(&["requests"])?;
+//! let message = consumer.recv().await?;
+//! consumer.process(&message, async { Ok::<_, std::io::Error>(()) }).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod consumer;
+mod error;
+pub mod headers;
+pub mod producer;
+
+pub use consumer::{TracedConsumer, TracedMessage};
+pub use error::{Error, Result, error_type};
+pub use producer::{Delivery, TracedProducer};
+
+/// `messaging.system` for Kafka.
+pub const SYSTEM: &str = "kafka";

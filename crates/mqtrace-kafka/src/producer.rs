@@ -1,0 +1,196 @@
+//! [`TracedProducer`]: a rdkafka `FutureProducer` that propagates context and traces sends.
+
+use std::fmt;
+
+use mqtrace_core::span::parse_server;
+use mqtrace_core::{Instrumentation, KeyCapture, MessagingSpanBuilder, OperationType, semconv};
+use opentelemetry::{Context, KeyValue};
+use rdkafka::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+pub use rdkafka::producer::future_producer::Delivery;
+
+use crate::SYSTEM;
+use crate::error::{Error, Result, error_type};
+use crate::headers::merge_injected;
+
+/// A `FutureProducer` whose sends carry the current trace context in the message headers
+/// and are traced as PRODUCER `send {topic}` spans.
+///
+/// The span ends when the delivery report arrives and records the partition and
+/// `messaging.kafka.offset` the broker assigned; a failed delivery ends it with error status
+/// and `error.type` (the librdkafka error code), and the caller gets [`Error::Delivery`] with
+/// the message back. `messaging.client.sent.messages` and
+/// `messaging.client.operation.duration` are recorded with it.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtrace_kafka::TracedProducer;
+/// use rdkafka::ClientConfig;
+/// use rdkafka::producer::FutureRecord;
+/// use std::time::Duration;
+///
+/// let producer = TracedProducer::from_config(
+///     ClientConfig::new().set("bootstrap.servers", "localhost:9092"),
+/// )?;
+/// let delivery = producer
+///     .send(FutureRecord::<str, str>::to("requests").payload("hello"), Duration::from_secs(5))
+///     .await?;
+/// println!("stored at offset {}", delivery.offset);
+/// # Ok(()) }
+/// ```
+pub struct TracedProducer<C: ClientContext + 'static = DefaultClientContext> {
+    inner: FutureProducer<C>,
+    instrumentation: Instrumentation,
+    key_capture: KeyCapture,
+    server: Option<(String, i64)>,
+}
+
+impl<C: ClientContext + 'static> fmt::Debug for TracedProducer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedProducer")
+            .field("instrumentation", &self.instrumentation)
+            .field("key_capture", &self.key_capture)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedProducer<DefaultClientContext> {
+    /// Creates the producer from `config`; `server.address`/`server.port` come from its
+    /// `bootstrap.servers`.
+    pub fn from_config(config: &ClientConfig) -> Result<Self> {
+        let inner: FutureProducer = config.create().map_err(|source| Error::Create {
+            client: "producer",
+            source,
+        })?;
+        let server = config.get("bootstrap.servers").and_then(parse_server);
+        Ok(Self::new(inner).with_server_option(server))
+    }
+}
+
+impl<C: ClientContext + 'static> TracedProducer<C> {
+    /// Wraps an existing producer, with the global telemetry providers.
+    pub fn new(inner: FutureProducer<C>) -> Self {
+        Self {
+            inner,
+            instrumentation: Instrumentation::global(),
+            key_capture: KeyCapture::Off,
+            server: None,
+        }
+    }
+
+    /// Uses these providers and propagation settings instead of the global ones.
+    pub fn with_instrumentation(mut self, instrumentation: Instrumentation) -> Self {
+        self.instrumentation = instrumentation;
+        self
+    }
+
+    /// Records message keys (`messaging.kafka.message.key`); off by default.
+    pub fn with_key_capture(mut self, key_capture: KeyCapture) -> Self {
+        self.key_capture = key_capture;
+        self
+    }
+
+    /// Sets `server.address`/`server.port` (done by [`TracedProducer::from_config`]).
+    pub fn with_server(self, address: impl Into<String>, port: u16) -> Self {
+        self.with_server_option(Some((address.into(), i64::from(port))))
+    }
+
+    fn with_server_option(mut self, server: Option<(String, i64)>) -> Self {
+        self.server = server;
+        self
+    }
+
+    /// The wrapped producer, for everything mqtrace does not wrap (flush, transactions...).
+    pub fn inner(&self) -> &FutureProducer<C> {
+        &self.inner
+    }
+
+    /// Sends `record` as a child of the caller's current context.
+    ///
+    /// Existing `traceparent`/`tracestate`/`baggage` headers on the record (e.g. copied from
+    /// a consumed message being forwarded) are replaced by the current context; the
+    /// application's other headers are kept. Cancel-safe in the sense of rdkafka's own
+    /// `send`: once enqueued, the message is delivered even if this future is dropped (the
+    /// span then ends as `cancelled`).
+    pub async fn send<K, P, T>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        queue_timeout: T,
+    ) -> Result<Delivery>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+        T: Into<Timeout>,
+    {
+        let parent = Context::current();
+        self.send_with_context(record, queue_timeout, &parent).await
+    }
+
+    /// Sends `record` as a child of `parent`.
+    pub async fn send_with_context<K, P, T>(
+        &self,
+        mut record: FutureRecord<'_, K, P>,
+        queue_timeout: T,
+        parent: &Context,
+    ) -> Result<Delivery>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+        T: Into<Timeout>,
+    {
+        let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
+            .with_destination(record.topic.to_owned())
+            .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()));
+        let partition_known = record.partition.is_some();
+        if let Some(partition) = record.partition {
+            builder = builder.with_partition(partition);
+        }
+        if let Some(key) = record
+            .key
+            .and_then(|k| self.key_capture.capture(k.to_bytes()))
+        {
+            builder =
+                builder.with_attribute(KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_KEY, key));
+        }
+        if let Some((address, port)) = &self.server {
+            builder = builder.with_server(address.clone(), *port);
+        }
+        let span = builder.start(&self.instrumentation, parent);
+
+        let injected = self.instrumentation.propagation().inject(span.context());
+        record.headers = merge_injected(record.headers.take(), &injected);
+        let topic = record.topic;
+
+        match self.inner.send(record, queue_timeout).await {
+            Ok(delivery) => {
+                if !partition_known {
+                    span.set_attribute(KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_PARTITION_ID,
+                        delivery.partition.to_string(),
+                    ));
+                }
+                span.set_attribute(KeyValue::new(
+                    semconv::MESSAGING_KAFKA_OFFSET,
+                    delivery.offset,
+                ));
+                span.end();
+                Ok(delivery)
+            }
+            Err((source, message)) => {
+                span.end_with_error(error_type(&source), source.to_string());
+                Err(Error::Delivery {
+                    topic: topic.to_owned(),
+                    source,
+                    message: Box::new(message),
+                })
+            }
+        }
+    }
+}
