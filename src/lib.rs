@@ -1,1 +1,39 @@
-//! mqtrace
+//! # mqtrace
+//!
+//! Keep OpenTelemetry traces unbroken across message queues.
+//!
+//! mqtrace wraps message-queue clients so that W3C `traceparent`/`tracestate`/`baggage`
+//! travel in message headers, and traces every send, receive, process and settle per the
+//! OpenTelemetry messaging semantic conventions. This crate is the facade; the parts are:
+//!
+//! - [`core`] (`mqtrace-core`): header carriers, propagation, messaging spans and metrics,
+//!   telemetry setup from the `OTEL_*` environment;
+//! - [`kafka`] (`mqtrace-kafka`, feature `kafka`, on by default): traced rust-rdkafka
+//!   producer and consumer.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use mqtrace::kafka::TracedProducer;
+//! use rdkafka::ClientConfig;
+//! use rdkafka::producer::FutureRecord;
+//!
+//! // Traces go to OTLP if OTEL_EXPORTER_OTLP_ENDPOINT is set, else to ./telemetry/*.jsonl
+//! let _telemetry = mqtrace::core::telemetry::init()?;
+//! let producer = TracedProducer::from_config(
+//!     ClientConfig::new().set("bootstrap.servers", "localhost:9092"),
+//! )?;
+//! producer
+//!     .send(FutureRecord::<str, str>::to("requests").payload("{}"), Duration::from_secs(5))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use mqtrace_core as core;
+
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub use mqtrace_kafka as kafka;

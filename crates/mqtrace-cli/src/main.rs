@@ -1,1 +1,109 @@
-fn main() {}
+//! The `mqtrace` command.
+//!
+//! - `mqtrace mock-kafka`: a zero-install Kafka for local development. It runs librdkafka's
+//!   mock cluster (a real Kafka-protocol broker) in this process, prints
+//!   `bootstrap=HOST:PORT[,...]` as its first line of standard output, and serves any Kafka
+//!   client (rdkafka, kcat, Python) until Ctrl-C or `--duration`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use mqtrace_testkit::kafka::EmbeddedKafka;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqtrace",
+    version,
+    about = "Tools for keeping traces unbroken across message queues"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an embedded Kafka broker (librdkafka's mock cluster) for local development.
+    MockKafka(MockKafkaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MockKafkaArgs {
+    /// Number of brokers in the cluster.
+    #[arg(long, default_value_t = 1)]
+    brokers: i32,
+    /// Topics to create up front, comma-separated (clients may also auto-create topics).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Partitions for each topic created with --topics.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::MockKafka(args) => mock_kafka(args),
+    }
+}
+
+fn mock_kafka(args: MockKafkaArgs) -> Result<()> {
+    if args.brokers < 1 {
+        bail!("--brokers must be at least 1 (got {})", args.brokers);
+    }
+    if args.partitions < 1 {
+        bail!("--partitions must be at least 1 (got {})", args.partitions);
+    }
+    let kafka =
+        EmbeddedKafka::start(args.brokers).context("starting the embedded Kafka cluster")?;
+    for topic in args
+        .topics
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+    {
+        kafka
+            .create_topic(topic, args.partitions)
+            .with_context(|| format!("creating topic '{topic}'"))?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "bootstrap={}", kafka.bootstrap_servers())?;
+    stdout.flush()?;
+    drop(stdout);
+    eprintln!(
+        "mqtrace mock-kafka: {} broker(s) at {}; {}",
+        args.brokers,
+        kafka.bootstrap_servers(),
+        match args.duration {
+            Some(secs) => format!("stopping in {secs} s"),
+            None => "press Ctrl-C to stop".to_owned(),
+        }
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    runtime.block_on(async {
+        match args.duration {
+            Some(secs) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                    signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+                }
+            }
+            None => tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?,
+        }
+        anyhow::Ok(())
+    })?;
+    drop(kafka);
+    eprintln!("mqtrace mock-kafka: stopped");
+    Ok(())
+}

@@ -339,7 +339,13 @@ impl InjectedHeaders {
 }
 
 impl Injector for InjectedHeaders {
+    /// Records `key: value`; a later value for the same key replaces the earlier one. Empty
+    /// values are not written (the SDK's Trace Context propagator sets an empty `tracestate`
+    /// when there is none, which would only add an empty header to every message).
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
         if let Some(slot) = self
             .entries
             .iter_mut()
@@ -445,6 +451,7 @@ mod tests {
         inj.set("TraceParent", "v2".into());
         assert!(inj.replaces("TRACESTATE"));
         assert!(!inj.replaces("app"));
+        inj.set("tracestate", String::new());
         assert_eq!(inj.iter().collect::<Vec<_>>(), vec![("traceparent", "v2")]);
     }
 }

@@ -311,9 +311,6 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
         span.set_message_count(batch.len() as u64);
         span.end();
-        for message in batch {
-            self.record_consumed(message.topic(), 1);
-        }
     }
 
     /// Starts the CONSUMER `process {topic}` span for `message` without running anything in

@@ -48,3 +48,6 @@ pub use producer::{Delivery, TracedProducer};
 
 /// `messaging.system` for Kafka.
 pub const SYSTEM: &str = "kafka";
+
+/// The rdkafka crate mqtrace-kafka is built against, so applications use the same version.
+pub use rdkafka;

@@ -1,0 +1,496 @@
+//! End to end through a real Kafka-protocol broker: context travels in headers, spans form
+//! the expected graph, and bad headers never cost a message.
+
+mod common;
+
+use common::{Harness, TIMEOUT, process_ok, recv};
+use mqtrace::core::ParentMode;
+use mqtrace::core::propagation::ExtractOutcome;
+use mqtrace::kafka::rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use mqtrace::kafka::rdkafka::producer::FutureRecord;
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+
+const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+#[tokio::test]
+async fn process_span_is_child_of_send_span_and_links_to_it() {
+    let h = Harness::new("parent").await;
+    let producer = h.producer();
+    let consumer = h.consumer();
+
+    let tracer = h.capture.tracer_provider().tracer("test");
+    let request = tracer.start("inference.request");
+    let cx = Context::current_with_span(request);
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic).payload("x"),
+            TIMEOUT,
+            &cx,
+        )
+        .await
+        .expect("delivered");
+    cx.span().end();
+
+    let message = recv(&consumer).await;
+    assert_eq!(message.extracted().outcome, ExtractOutcome::Found);
+    process_ok(&consumer, &message).await;
+
+    let spans = h.capture.spans();
+    let request = spans.one("inference.request");
+    let send = spans.one(&format!("send {}", h.topic));
+    let process = spans.one(&format!("process {}", h.topic));
+    spans.assert_kind(send, SpanKind::Producer);
+    spans.assert_kind(process, SpanKind::Consumer);
+    spans.assert_child_of(send, request);
+    spans.assert_child_of(process, send);
+    spans.assert_links_to(process, send);
+
+    spans.assert_attr(send, "messaging.system", "kafka");
+    spans.assert_attr(send, "messaging.operation.type", "send");
+    spans.assert_attr(send, "messaging.operation.name", "send");
+    spans.assert_attr(send, "messaging.destination.name", h.topic.clone());
+    spans.assert_attr(send, "messaging.destination.partition.id", "0");
+    spans.assert_attr(send, "messaging.kafka.offset", 0_i64);
+    spans.assert_attr(send, "messaging.message.body.size", 1_i64);
+    assert!(spans.attr(send, "server.address").is_some());
+    assert!(spans.attr(send, "server.port").is_some());
+    spans.assert_attr(process, "messaging.operation.type", "process");
+    spans.assert_attr(process, "messaging.kafka.offset", 0_i64);
+    assert!(
+        spans
+            .attr(process, "messaging.consumer.group.name")
+            .is_some()
+    );
+    spans.assert_no_attr(send, "messaging.kafka.message.key");
+}
+
+#[tokio::test]
+async fn link_mode_starts_a_new_trace_with_only_a_link() {
+    let h = Harness::new("link").await;
+    let producer = h.producer();
+    let consumer = h.consumer().with_parent_mode(ParentMode::Link);
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic).payload("x"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+    let message = recv(&consumer).await;
+    process_ok(&consumer, &message).await;
+
+    let spans = h.capture.spans();
+    let send = spans.one(&format!("send {}", h.topic));
+    let process = spans.one(&format!("process {}", h.topic));
+    spans.assert_root(process);
+    assert_ne!(
+        process.span_context.trace_id(),
+        send.span_context.trace_id()
+    );
+    spans.assert_links_to(process, send);
+}
+
+#[tokio::test]
+async fn application_headers_are_preserved_and_stale_context_replaced() {
+    let h = Harness::new("headers").await;
+    let producer = h.producer();
+    let consumer = h.consumer();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "app-id",
+            value: Some("42"),
+        })
+        .insert(Header {
+            key: "TraceParent",
+            value: Some(VALID),
+        })
+        .insert(Header {
+            key: "tracestate",
+            value: Some("stale=1"),
+        })
+        .insert(Header {
+            key: "binary",
+            value: Some(&[0_u8, 159, 146, 150][..]),
+        });
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic)
+                .payload("x")
+                .headers(headers),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+
+    let message = recv(&consumer).await;
+    let received = message.headers().expect("headers");
+    let all: Vec<(String, Option<Vec<u8>>)> = received
+        .iter()
+        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+        .collect();
+    let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["app-id", "binary", "traceparent"],
+        "headers: {all:?}"
+    );
+    assert_eq!(all[0].1.as_deref(), Some(&b"42"[..]));
+    assert_eq!(all[1].1.as_deref(), Some(&[0_u8, 159, 146, 150][..]));
+    let send = h.capture.spans().one(&format!("send {}", h.topic)).clone();
+    let sent_context = message.extracted().remote_span_context().expect("context");
+    assert_eq!(sent_context.span_id(), send.span_context.span_id());
+}
+
+#[tokio::test]
+async fn forwarding_carries_the_current_context_not_the_incoming_one() {
+    let h = Harness::new("forward-in").await;
+    let out_topic = h.kafka.create_topic("forward-out", 1).await.expect("topic");
+    let producer = h.producer();
+    let consumer = h.consumer();
+    let downstream = h.consumer_of(&out_topic);
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic).payload("x"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+
+    let message = recv(&consumer).await;
+    consumer
+        .process(&message, async {
+            // Forward the message as is, headers included (traceparent of the first hop).
+            let headers = message.headers().map(|h| h.detach());
+            let mut record = FutureRecord::<[u8], [u8]>::to(&out_topic);
+            record.headers = headers;
+            producer.send(record, TIMEOUT).await.map(|_| ())
+        })
+        .await
+        .expect("forwarded");
+
+    let forwarded = recv(&downstream).await;
+    let traceparents = forwarded
+        .headers()
+        .expect("headers")
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case("traceparent"))
+        .count();
+    assert_eq!(traceparents, 1, "exactly one traceparent after forwarding");
+
+    let spans = h.capture.spans();
+    let process = spans.one(&format!("process {}", h.topic));
+    let forward_send = spans.one(&format!("send {out_topic}"));
+    spans.assert_child_of(forward_send, process);
+    let carried = forwarded
+        .extracted()
+        .remote_span_context()
+        .expect("context");
+    assert_eq!(carried.span_id(), forward_send.span_context.span_id());
+}
+
+#[tokio::test]
+async fn duplicate_traceparent_headers_last_one_wins() {
+    let h = Harness::new("duplicates").await;
+    let consumer = h.consumer();
+    let last = "00-11111111111111111111111111111111-2222222222222222-01";
+    h.send_raw(
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "traceparent",
+                value: Some(VALID),
+            })
+            .insert(Header {
+                key: "TRACEPARENT",
+                value: Some(last),
+            }),
+    )
+    .await;
+    let message = recv(&consumer).await;
+    let context = message.extracted().remote_span_context().expect("context");
+    assert_eq!(
+        context.trace_id().to_string(),
+        "11111111111111111111111111111111"
+    );
+    assert_eq!(context.span_id().to_string(), "2222222222222222");
+}
+
+async fn assert_bad_header_starts_new_root(prefix: &str, value: &[u8], reason: &str) {
+    let h = Harness::new(prefix).await;
+    let consumer = h.consumer();
+    h.send_raw(OwnedHeaders::new().insert(Header {
+        key: "traceparent",
+        value: Some(value),
+    }))
+    .await;
+    let message = recv(&consumer).await;
+    assert_eq!(
+        message.payload(),
+        Some(&b"raw"[..]),
+        "the message is still delivered"
+    );
+    assert!(matches!(
+        message.extracted().outcome,
+        ExtractOutcome::Invalid(_)
+    ));
+    process_ok(&consumer, &message).await;
+
+    let spans = h.capture.spans();
+    let process = spans.one(&format!("process {}", h.topic));
+    spans.assert_root(process);
+    assert!(
+        process.links.is_empty(),
+        "no link to a context that does not exist"
+    );
+
+    let metrics = h.capture.metrics();
+    let points = metrics.points("mqtrace.propagation.invalid");
+    assert!(
+        points.iter().any(|p| p.value == 1.0
+            && p.has("mqtrace.propagation.invalid_reason", reason.to_owned())
+            && p.has("messaging.system", "kafka")),
+        "counter with reason {reason}: {points:?}"
+    );
+    metrics.assert_unit("mqtrace.propagation.invalid", "{message}");
+}
+
+#[tokio::test]
+async fn garbage_traceparent_is_counted_and_message_delivered() {
+    assert_bad_header_starts_new_root("garbage", b"00-not-a-trace-context", "rejected").await;
+}
+
+#[tokio::test]
+async fn non_utf8_traceparent_is_counted_and_message_delivered() {
+    assert_bad_header_starts_new_root("non-utf8", &[0xff, 0xfe, 0x00, 0x80], "not_utf8").await;
+}
+
+#[tokio::test]
+async fn oversized_traceparent_is_counted_and_message_delivered() {
+    let huge = vec![b'0'; 64 * 1024];
+    assert_bad_header_starts_new_root("oversized", &huge, "oversized").await;
+}
+
+#[tokio::test]
+async fn failed_delivery_ends_the_send_span_with_an_error() {
+    let h = Harness::new("failure").await;
+    let config = {
+        let mut c = h.kafka.producer_config();
+        c.set("message.timeout.ms", "1000").set("retries", "0");
+        c
+    };
+    let producer = mqtrace::kafka::TracedProducer::from_config(&config)
+        .expect("producer")
+        .with_instrumentation(h.capture.instrumentation());
+    // A partition that does not exist fails at the broker round trip, not at enqueue.
+    let error = producer
+        .send(
+            FutureRecord::<str, str>::to(&h.topic)
+                .payload("x")
+                .partition(7),
+            TIMEOUT,
+        )
+        .await
+        .expect_err("delivery must fail");
+    assert!(
+        matches!(error, mqtrace::kafka::Error::Delivery { .. }),
+        "{error}"
+    );
+
+    let spans = h.capture.spans();
+    let send = spans.one(&format!("send {}", h.topic));
+    assert!(
+        matches!(send.status, Status::Error { .. }),
+        "status {:?}",
+        send.status
+    );
+    assert!(spans.attr(send, "error.type").is_some());
+
+    let metrics = h.capture.metrics();
+    assert!(
+        metrics
+            .points("messaging.client.operation.duration")
+            .iter()
+            .any(|p| p
+                .attributes
+                .iter()
+                .any(|kv| kv.key.as_str() == "error.type")),
+        "operation duration recorded with error.type"
+    );
+}
+
+#[tokio::test]
+async fn handler_error_marks_the_process_span() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("model refused the input")]
+    struct ScoringError;
+
+    let h = Harness::new("handler-error").await;
+    h.send_raw(OwnedHeaders::new()).await;
+    let consumer = h.consumer();
+    let message = recv(&consumer).await;
+    assert_eq!(message.extracted().outcome, ExtractOutcome::Missing);
+    let result = consumer
+        .process(&message, async { Err::<(), _>(ScoringError) })
+        .await;
+    assert!(result.is_err());
+    let spans = h.capture.spans();
+    let process = spans.one(&format!("process {}", h.topic));
+    assert_eq!(process.status, Status::error("model refused the input"));
+    spans.assert_attr(process, "error.type", "ScoringError");
+}
+
+#[tokio::test]
+async fn batch_receive_links_every_message() {
+    let h = Harness::new("batch").await;
+    let producer = h.producer();
+    for _ in 0..5 {
+        producer
+            .send_with_context(
+                FutureRecord::<str, str>::to(&h.topic).payload("x"),
+                TIMEOUT,
+                &Context::new(),
+            )
+            .await
+            .expect("delivered");
+    }
+    let consumer = h.consumer();
+    let mut batch = Vec::new();
+    while batch.len() < 5 {
+        let more = consumer
+            .recv_batch(5 - batch.len(), TIMEOUT)
+            .await
+            .expect("batch");
+        batch.extend(more);
+    }
+    assert!(
+        batch
+            .iter()
+            .all(|m| m.extracted().outcome == ExtractOutcome::Found)
+    );
+
+    let spans = h.capture.spans();
+    let sends = spans.named(&format!("send {}", h.topic));
+    let polls = spans.named(&format!("poll {}", h.topic));
+    assert!(!polls.is_empty());
+    let links: usize = polls.iter().map(|p| p.links.len()).sum();
+    assert_eq!(links, 5);
+    for send in sends {
+        assert!(polls.iter().any(|p| {
+            p.links
+                .iter()
+                .any(|l| l.span_context.span_id() == send.span_context.span_id())
+        }));
+    }
+    for poll in polls {
+        spans.assert_kind(poll, SpanKind::Client);
+        spans.assert_attr(poll, "messaging.operation.type", "receive");
+    }
+    let metrics = h.capture.metrics();
+    assert_eq!(metrics.total("messaging.client.consumed.messages"), 5.0);
+}
+
+#[tokio::test]
+async fn commit_is_a_settle_span() {
+    let h = Harness::new("commit").await;
+    h.send_raw(OwnedHeaders::new()).await;
+    let consumer = h.consumer();
+    let message = recv(&consumer).await;
+    consumer
+        .commit_message(
+            &message,
+            mqtrace::kafka::rdkafka::consumer::CommitMode::Sync,
+        )
+        .expect("commit");
+    let spans = h.capture.spans();
+    let commit = spans.one(&format!("commit {}", h.topic));
+    spans.assert_kind(commit, SpanKind::Client);
+    spans.assert_attr(commit, "messaging.operation.type", "settle");
+    spans.assert_attr(commit, "messaging.operation.name", "commit");
+}
+
+#[tokio::test]
+async fn keys_are_recorded_only_when_opted_in() {
+    let h = Harness::new("keys").await;
+    let producer = h
+        .producer()
+        .with_key_capture(mqtrace::core::KeyCapture::Hashed);
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic)
+                .payload("x")
+                .key("user-1"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+    let consumer = h.consumer();
+    let message = recv(&consumer).await;
+    process_ok(&consumer, &message).await;
+    let spans = h.capture.spans();
+    let send = spans.one(&format!("send {}", h.topic));
+    let hashed = spans
+        .attr(send, "messaging.kafka.message.key")
+        .expect("hashed key")
+        .as_str();
+    assert_eq!(hashed.len(), 16);
+    assert_ne!(hashed, "user-1");
+    spans.assert_no_attr(
+        spans.one(&format!("process {}", h.topic)),
+        "messaging.kafka.message.key",
+    );
+}
+
+#[tokio::test]
+async fn metrics_have_semconv_names_units_and_attributes() {
+    let h = Harness::new("metrics").await;
+    let producer = h.producer();
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic).payload("x"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+    let consumer = h.consumer();
+    let message = recv(&consumer).await;
+    process_ok(&consumer, &message).await;
+
+    let metrics = h.capture.metrics();
+    metrics.assert_unit("messaging.client.operation.duration", "s");
+    metrics.assert_unit("messaging.client.sent.messages", "{message}");
+    metrics.assert_unit("messaging.client.consumed.messages", "{message}");
+    metrics.assert_unit("messaging.process.duration", "s");
+    let sent = metrics.points("messaging.client.sent.messages");
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].has("messaging.system", "kafka"));
+    assert!(sent[0].has("messaging.operation.name", "send"));
+    assert!(sent[0].has("messaging.destination.name", h.topic.clone()));
+    assert_eq!(sent[0].value, 1.0);
+    let processed = metrics.points("messaging.process.duration");
+    assert_eq!(processed.len(), 1);
+    assert!(
+        processed[0]
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "messaging.consumer.group.name")
+    );
+    for point in sent.iter().chain(&processed) {
+        for kv in &point.attributes {
+            assert!(
+                ![
+                    "messaging.kafka.offset",
+                    "messaging.destination.partition.id",
+                    "messaging.message.id"
+                ]
+                .contains(&kv.key.as_str()),
+                "high-cardinality attribute {} on a metric",
+                kv.key
+            );
+        }
+    }
+}
