@@ -162,7 +162,8 @@ mod tests {
         #[test]
         fn any_headers_extract_without_panic(list in arb_headers()) {
             let headers = owned(&list);
-            let extractor = HeaderExtractor::new(&KafkaHeaders(&headers), HeaderPolicy::default());
+            let carrier = KafkaHeaders(&headers);
+            let extractor = HeaderExtractor::new(&carrier, HeaderPolicy::default());
             let _ = extractor.get("traceparent");
             let _ = extractor.get_all("tracestate");
             let _ = extractor.keys();

@@ -18,7 +18,7 @@
 mod config;
 pub mod file;
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
@@ -171,7 +171,7 @@ pub fn resource(config: &TelemetryConfig) -> Resource {
 
 type Providers = (SdkTracerProvider, SdkMeterProvider, SdkLoggerProvider);
 
-fn file_providers(dir: &PathBuf, resource: Resource) -> Result<Providers> {
+fn file_providers(dir: &Path, resource: Resource) -> Result<Providers> {
     file::ensure_dir(dir)?;
     let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
     let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
