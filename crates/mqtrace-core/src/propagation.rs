@@ -293,4 +293,48 @@ mod tests {
         let injected = Propagation::custom(Arc::new(Fixed)).inject(&Context::new());
         assert_eq!(injected.iter().collect::<Vec<_>>(), vec![("x-fixed", "1")]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_valid_context_round_trips(
+                trace in 1_u128..,
+                span in 1_u64..,
+                sampled in any::<bool>(),
+            ) {
+                let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                let cx = Context::new().with_remote_span_context(SpanContext::new(
+                    TraceId::from(trace),
+                    SpanId::from(span),
+                    flags,
+                    true,
+                    TraceState::default(),
+                ));
+                let p = Propagation::global();
+                let extracted = p.extract(&Pairs::from_injected(&p.inject(&cx)));
+                prop_assert_eq!(&extracted.outcome, &ExtractOutcome::Found);
+                let sc = extracted.remote_span_context().expect("valid");
+                prop_assert_eq!(sc.trace_id(), TraceId::from(trace));
+                prop_assert_eq!(sc.span_id(), SpanId::from(span));
+                prop_assert_eq!(sc.is_sampled(), sampled);
+            }
+
+            #[test]
+            fn any_bytes_never_panic(
+                headers in proptest::collection::vec(
+                    (prop_oneof![Just("traceparent".to_owned()), Just("tracestate".to_owned()), Just("baggage".to_owned()), ".{0,8}"],
+                     proptest::collection::vec(any::<u8>(), 0..300)),
+                    0..6,
+                ),
+            ) {
+                let extracted = Propagation::global().extract(&Pairs(headers));
+                if extracted.outcome == ExtractOutcome::Found {
+                    prop_assert!(extracted.remote_span_context().is_some());
+                }
+            }
+        }
+    }
 }
