@@ -7,8 +7,10 @@
 //!   strings, last occurrence wins, invalid or oversized values ignored);
 //!   [`InjectedHeaders`](carrier::InjectedHeaders) collects what a propagator writes so it
 //!   replaces, never duplicates, existing trace headers.
-//! - [`propagation`]: runs the global (or a pinned) `TextMapPropagator`; W3C Trace Context +
-//!   Baggage when none is installed.
+//! - [`propagation`]: runs the global (or a pinned) `TextMapPropagator`; mqtrace's strict
+//!   W3C Trace Context + Baggage when none is installed.
+//! - [`trace_context`]: the strict W3C Trace Context Level 2 propagator (passes the W3C test
+//!   suite, keeps the random flag).
 //! - [`span`]: `send`/`receive`/`process`/`settle` spans per the messaging semantic conventions,
 //!   [`ParentMode`](span::ParentMode) and [`KeyCapture`](span::KeyCapture).
 //! - [`metrics`]: the semconv messaging instruments.
@@ -50,6 +52,7 @@ pub mod propagation;
 pub mod semconv;
 pub mod span;
 pub mod telemetry;
+pub mod trace_context;
 
 pub use error::{Error, Result};
 pub use instrumentation::Instrumentation;

@@ -3,7 +3,8 @@
 //! [`Propagation`] decides which propagator runs: by default the one installed globally with
 //! [`opentelemetry::global::set_text_map_propagator`], so users can plug in any propagator.
 //! When the global slot still holds OpenTelemetry's no-op propagator (nothing was installed),
-//! mqtrace falls back to [`default_propagator`] (W3C Trace Context + W3C Baggage), so that
+//! mqtrace falls back to [`default_propagator`] (mqtrace's strict W3C Trace Context Level 2
+//! propagator + W3C Baggage), so that
 //! context always travels. A specific propagator can be pinned with [`Propagation::custom`],
 //! which also skips the global slot's read lock.
 
@@ -18,25 +19,38 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use crate::carrier::{
     HeaderExtractor, HeaderPolicy, HeaderSource, InjectedHeaders, InvalidHeader, InvalidReason,
 };
+use crate::trace_context::W3cTraceContextPropagator;
 
-/// The propagator mqtrace uses when none was configured: W3C Trace Context + W3C Baggage.
-pub fn default_propagator() -> &'static (dyn TextMapPropagator + Send + Sync) {
-    static DEFAULT: OnceLock<TextMapCompositePropagator> = OnceLock::new();
-    DEFAULT.get_or_init(|| {
-        TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ])
-    })
+/// mqtrace's propagators: the strict W3C Trace Context Level 2 propagator
+/// ([`W3cTraceContextPropagator`]) followed by W3C Baggage.
+pub fn strict_w3c_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(W3cTraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
 }
 
-/// Installs [`default_propagator`]'s combination (W3C Trace Context + Baggage) as the global
-/// propagator. [`crate::telemetry::init`] calls this for you.
-pub fn install_default_propagator() {
-    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+/// The OpenTelemetry SDK's lenient `TraceContextPropagator` followed by W3C Baggage, for
+/// applications that must behave exactly like other OpenTelemetry Rust services. Install it
+/// with `opentelemetry::global::set_text_map_propagator(sdk_w3c_propagator())` after
+/// [`crate::telemetry::init`], or pin it with [`Propagation::custom`].
+pub fn sdk_w3c_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
-    ]));
+    ])
+}
+
+/// The propagator mqtrace uses when none was configured: [`strict_w3c_propagator`].
+pub fn default_propagator() -> &'static (dyn TextMapPropagator + Send + Sync) {
+    static DEFAULT: OnceLock<TextMapCompositePropagator> = OnceLock::new();
+    DEFAULT.get_or_init(strict_w3c_propagator)
+}
+
+/// Installs [`strict_w3c_propagator`] as the global propagator, in one call.
+/// [`crate::telemetry::init`] calls this for you.
+pub fn install_default_propagator() {
+    opentelemetry::global::set_text_map_propagator(strict_w3c_propagator());
 }
 
 /// Which propagator the wrappers use, and the limits for reading headers.
