@@ -170,7 +170,7 @@ pub fn valid_tracestate_value(value: &str) -> bool {
 }
 
 /// The `key=value` members of a `tracestate` value, OWS trimmed, empty members skipped.
-fn members(header: &str) -> impl Iterator<Item = &str> + Clone {
+fn members(header: &str) -> impl Iterator<Item = &str> {
     header.split(',').map(trim_ows).filter(|m| !m.is_empty())
 }
 
@@ -179,9 +179,35 @@ fn split_member(member: &str) -> Option<(&str, &str)> {
     (valid_tracestate_key(key) && valid_tracestate_value(value)).then_some((key, value))
 }
 
+/// The validated members of a `tracestate`, in order, borrowed from the header: an iterator
+/// of `(key, value)` that needs no allocation (at most 32 members are held inline).
+#[derive(Debug, Clone)]
+pub struct TracestateMembers<'a> {
+    items: [(&'a str, &'a str); MAX_TRACESTATE_MEMBERS],
+    len: usize,
+    next: usize,
+}
+
+impl<'a> Iterator for TracestateMembers<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.items[..self.len].get(self.next).copied();
+        self.next += usize::from(item.is_some());
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.len - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for TracestateMembers<'_> {}
+
 /// Validates a `tracestate` value strictly and returns its members in order, or `None` when
 /// the whole header must be discarded (a malformed member, a duplicate key, more than 32
-/// members). An empty or all-blank header gives `Some` of nothing.
+/// members). An empty or all-blank header gives `Some` of nothing. Allocates nothing.
 ///
 /// # Example
 ///
@@ -192,24 +218,23 @@ fn split_member(member: &str) -> Option<(&str, &str)> {
 /// assert_eq!(members, [("foo", "1"), ("tenant@vendor", "x y")]);
 /// assert!(parse_tracestate("foo=,bar=3").is_none());
 /// ```
-pub fn parse_tracestate(header: &str) -> Option<impl Iterator<Item = (&str, &str)> + Clone> {
-    let mut count = 0;
+pub fn parse_tracestate(header: &str) -> Option<TracestateMembers<'_>> {
+    let mut parsed = TracestateMembers {
+        items: [("", ""); MAX_TRACESTATE_MEMBERS],
+        len: 0,
+        next: 0,
+    };
     for member in members(header) {
-        let (key, _) = split_member(member)?;
-        count += 1;
-        if count > MAX_TRACESTATE_MEMBERS {
+        let (key, value) = split_member(member)?;
+        if parsed.len == MAX_TRACESTATE_MEMBERS
+            || parsed.items[..parsed.len].iter().any(|(k, _)| *k == key)
+        {
             return None;
         }
-        // Duplicate keys void the header; at most 32 members, so the quadratic scan is cheap
-        // and needs no allocation.
-        let earlier = members(header)
-            .take(count - 1)
-            .filter_map(|m| m.split_once('=').map(|(k, _)| k));
-        if earlier.into_iter().any(|k| k == key) {
-            return None;
-        }
+        parsed.items[parsed.len] = (key, value);
+        parsed.len += 1;
     }
-    Some(members(header).filter_map(split_member))
+    Some(parsed)
 }
 
 /// The raw `tracestate` of an extracted context, kept when OpenTelemetry's `TraceState` type
@@ -345,24 +370,30 @@ impl TextMapPropagator for W3cTraceContextPropagator {
             Some(members) => to_trace_state(members),
             None => (TraceState::NONE, true),
         };
-        let span_context = SpanContext::new(
-            traceparent.trace_id,
-            traceparent.parent_id,
-            traceparent.flags,
-            true,
-            trace_state.clone(),
-        );
-        let extracted = cx.with_remote_span_context(span_context);
-        match members {
-            Some(members) if !complete => extracted.with_value(CarriedTraceState {
+        // Only a tracestate the SDK type could not hold fully is kept raw as well (and only
+        // then is the TraceState cloned): the common path allocates nothing extra.
+        let carried = match members {
+            Some(members) if !complete => Some(CarriedTraceState {
                 trace_id: traceparent.trace_id,
-                representable: trace_state,
+                representable: trace_state.clone(),
                 header: members
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(","),
             }),
-            _ => extracted,
+            _ => None,
+        };
+        let span_context = SpanContext::new(
+            traceparent.trace_id,
+            traceparent.parent_id,
+            traceparent.flags,
+            true,
+            trace_state,
+        );
+        let extracted = cx.with_remote_span_context(span_context);
+        match carried {
+            Some(carried) => extracted.with_value(carried),
+            None => extracted,
         }
     }
 

@@ -1,0 +1,74 @@
+//! Parsing a valid header allocates nothing beyond what the returned `SpanContext` and
+//! `TraceState` need. Counted with a global allocator, so the numbers are exact, not timed.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mqtrace_core::trace_context::{W3cTraceContextPropagator, parse_traceparent, parse_tracestate};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    f();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03";
+const TRACESTATE: &str = "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,,tenant@vendor=abc";
+
+#[test]
+fn parsing_valid_headers_allocates_nothing() {
+    // One test function: the counter is process-wide and tests run on parallel threads.
+    assert_eq!(
+        allocations(|| assert!(parse_traceparent(TRACEPARENT).is_some())),
+        0
+    );
+    assert_eq!(
+        allocations(|| assert_eq!(parse_tracestate(TRACESTATE).map(Iterator::count), Some(3))),
+        0
+    );
+
+    // Extraction allocates only the returned context: the Context's entries and, for a
+    // tracestate, its members' key and value strings and their list.
+    let headers = HashMap::from([("traceparent".to_owned(), TRACEPARENT.to_owned())]);
+    let propagator = W3cTraceContextPropagator::new();
+    let mut cx = None;
+    let traceparent_only = allocations(|| cx = Some(propagator.extract(&headers)));
+    assert!(
+        cx.as_ref()
+            .is_some_and(|cx| cx.span().span_context().is_valid())
+    );
+
+    let mut with_state = headers.clone();
+    with_state.insert("tracestate".to_owned(), TRACESTATE.to_owned());
+    let with_tracestate = allocations(|| cx = Some(propagator.extract(&with_state)));
+    let trace_state_needs = 3 * 2 + 1; // 3 keys + 3 values + the list
+    assert!(
+        with_tracestate <= traceparent_only + trace_state_needs,
+        "tracestate extraction allocated {with_tracestate}, the context alone {traceparent_only}"
+    );
+}
