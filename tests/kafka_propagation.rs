@@ -70,14 +70,7 @@ async fn link_mode_starts_a_new_trace_with_only_a_link() {
     let h = Harness::new("link").await;
     let producer = h.producer();
     let consumer = h.consumer().with_parent_mode(ParentMode::Link);
-    producer
-        .send_with_context(
-            FutureRecord::<str, str>::to(&h.topic).payload("x"),
-            TIMEOUT,
-            &Context::new(),
-        )
-        .await
-        .expect("delivered");
+    h.send_root(&producer).await;
     let message = recv(&consumer).await;
     process_ok(&consumer, &message).await;
 
@@ -151,14 +144,7 @@ async fn forwarding_carries_the_current_context_not_the_incoming_one() {
     let producer = h.producer();
     let consumer = h.consumer();
     let downstream = h.consumer_of(&out_topic);
-    producer
-        .send_with_context(
-            FutureRecord::<str, str>::to(&h.topic).payload("x"),
-            TIMEOUT,
-            &Context::new(),
-        )
-        .await
-        .expect("delivered");
+    h.send_root(&producer).await;
 
     let message = recv(&consumer).await;
     consumer
@@ -347,14 +333,7 @@ async fn batch_receive_links_every_message() {
     let h = Harness::new("batch").await;
     let producer = h.producer();
     for _ in 0..5 {
-        producer
-            .send_with_context(
-                FutureRecord::<str, str>::to(&h.topic).payload("x"),
-                TIMEOUT,
-                &Context::new(),
-            )
-            .await
-            .expect("delivered");
+        h.send_root(&producer).await;
     }
     let consumer = h.consumer();
     let mut batch = Vec::new();
@@ -448,14 +427,7 @@ async fn keys_are_recorded_only_when_opted_in() {
 async fn metrics_have_semconv_names_units_and_attributes() {
     let h = Harness::new("metrics").await;
     let producer = h.producer();
-    producer
-        .send_with_context(
-            FutureRecord::<str, str>::to(&h.topic).payload("x"),
-            TIMEOUT,
-            &Context::new(),
-        )
-        .await
-        .expect("delivered");
+    h.send_root(&producer).await;
     let consumer = h.consumer();
     let message = recv(&consumer).await;
     process_ok(&consumer, &message).await;

@@ -62,6 +62,18 @@ impl Harness {
         self.consumer_of(&self.topic)
     }
 
+    /// Sends a one-byte record through `producer` as a new trace (no parent span).
+    pub async fn send_root(&self, producer: &TracedProducer) {
+        producer
+            .send_with_context(
+                FutureRecord::<str, str>::to(&self.topic).payload("x"),
+                TIMEOUT,
+                &opentelemetry::Context::new(),
+            )
+            .await
+            .expect("delivered");
+    }
+
     /// Sends a raw record with exactly these headers.
     pub async fn send_raw(&self, headers: OwnedHeaders) {
         self.raw_producer()

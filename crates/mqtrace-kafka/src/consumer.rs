@@ -302,15 +302,21 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         if same_topic {
             builder = builder.with_destination(first_topic.to_owned());
         }
+        builder = self.with_client_attributes(builder);
+        let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
+        span.set_message_count(batch.len() as u64);
+        span.end();
+    }
+
+    /// Adds the consumer group and broker address every consumer span carries.
+    fn with_client_attributes(&self, mut builder: MessagingSpanBuilder) -> MessagingSpanBuilder {
         if let Some(group) = &self.group {
             builder = builder.with_consumer_group(group.clone());
         }
         if let Some((address, port)) = &self.server {
             builder = builder.with_server(address.clone(), *port);
         }
-        let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
-        span.set_message_count(batch.len() as u64);
-        span.end();
+        builder
     }
 
     /// Starts the CONSUMER `process {topic}` span for `message` without running anything in
@@ -336,12 +342,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             builder =
                 builder.with_attribute(KeyValue::new(semconv::MESSAGING_KAFKA_MESSAGE_KEY, key));
         }
-        if let Some(group) = &self.group {
-            builder = builder.with_consumer_group(group.clone());
-        }
-        if let Some((address, port)) = &self.server {
-            builder = builder.with_server(address.clone(), *port);
-        }
+        builder = self.with_client_attributes(builder);
         builder.start(&self.instrumentation, &parent)
     }
 
@@ -367,9 +368,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
                 semconv::MESSAGING_KAFKA_OFFSET,
                 message.offset(),
             ));
-        if let Some(group) = &self.group {
-            builder = builder.with_consumer_group(group.clone());
-        }
+        builder = self.with_client_attributes(builder);
         if let Some(link) = message.link() {
             builder = builder.with_link(link);
         }

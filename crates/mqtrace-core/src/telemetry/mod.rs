@@ -22,9 +22,10 @@ use std::path::Path;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::logs::{LogExporter, SdkLoggerProvider};
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 
 pub use config::{Destination, OtlpProtocol, TelemetryConfig};
 
@@ -171,12 +172,14 @@ pub fn resource(config: &TelemetryConfig) -> Resource {
 
 type Providers = (SdkTracerProvider, SdkMeterProvider, SdkLoggerProvider);
 
-fn file_providers(dir: &Path, resource: Resource) -> Result<Providers> {
-    file::ensure_dir(dir)?;
-    let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
-    let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
-    let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
-    Ok((
+/// Batch span and log processors (bounded queues, own threads) and a periodic metric reader.
+fn providers(
+    resource: Resource,
+    spans: impl SpanExporter + 'static,
+    metrics: impl PushMetricExporter,
+    logs: impl LogExporter + 'static,
+) -> Providers {
+    (
         SdkTracerProvider::builder()
             .with_resource(resource.clone())
             .with_batch_exporter(spans)
@@ -189,11 +192,19 @@ fn file_providers(dir: &Path, resource: Resource) -> Result<Providers> {
             .with_resource(resource)
             .with_batch_exporter(logs)
             .build(),
-    ))
+    )
+}
+
+fn file_providers(dir: &Path, resource: Resource) -> Result<Providers> {
+    file::ensure_dir(dir)?;
+    let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
+    let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
+    let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
+    Ok(providers(resource, spans, metrics, logs))
 }
 
 fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) -> Result<Providers> {
-    use opentelemetry_otlp::{LogExporter, MetricExporter, SpanExporter, WithExportConfig};
+    use opentelemetry_otlp::WithExportConfig;
     let failed = |signal: &'static str| {
         move |source| Error::Exporter {
             signal,
@@ -207,17 +218,17 @@ fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) ->
                 return Err(Error::NoTokioRuntime);
             }
             (
-                SpanExporter::builder()
+                opentelemetry_otlp::SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint)
                     .build()
                     .map_err(failed("traces"))?,
-                MetricExporter::builder()
+                opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint)
                     .build()
                     .map_err(failed("metrics"))?,
-                LogExporter::builder()
+                opentelemetry_otlp::LogExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint)
                     .build()
@@ -227,17 +238,17 @@ fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) ->
         OtlpProtocol::HttpProtobuf => {
             let base = endpoint.trim_end_matches('/');
             (
-                SpanExporter::builder()
+                opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_endpoint(format!("{base}/v1/traces"))
                     .build()
                     .map_err(failed("traces"))?,
-                MetricExporter::builder()
+                opentelemetry_otlp::MetricExporter::builder()
                     .with_http()
                     .with_endpoint(format!("{base}/v1/metrics"))
                     .build()
                     .map_err(failed("metrics"))?,
-                LogExporter::builder()
+                opentelemetry_otlp::LogExporter::builder()
                     .with_http()
                     .with_endpoint(format!("{base}/v1/logs"))
                     .build()
@@ -245,18 +256,5 @@ fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) ->
             )
         }
     };
-    Ok((
-        SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_batch_exporter(spans)
-            .build(),
-        SdkMeterProvider::builder()
-            .with_resource(resource.clone())
-            .with_reader(PeriodicReader::builder(metrics).build())
-            .build(),
-        SdkLoggerProvider::builder()
-            .with_resource(resource)
-            .with_batch_exporter(logs)
-            .build(),
-    ))
+    Ok(providers(resource, spans, metrics, logs))
 }
