@@ -161,10 +161,10 @@ const CASES: &[Case] = &[
         tracestate: Some("tenant@system=1,1tenant@vendor=2,t@abcdefghijklmn=3"),
     },
     Case {
-        name: "tracestate_duplicate_keys_discarded",
-        headers: &[("traceparent", TP), ("tracestate", "foo=1,foo=2")],
+        name: "tracestate_duplicate_key_first_kept",
+        headers: &[("traceparent", TP), ("tracestate", "foo=1,bar=2,foo=3")],
         traceparent: Some(TP),
-        tracestate: None,
+        tracestate: Some("foo=1,bar=2"),
     },
     Case {
         name: "tracestate_last_header_wins",

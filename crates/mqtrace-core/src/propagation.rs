@@ -317,15 +317,20 @@ mod tests {
             fn any_valid_context_round_trips(
                 trace in 1_u128..,
                 span in 1_u64..,
-                sampled in any::<bool>(),
+                flag_bits in 0_u8..4,
+                state in proptest::collection::vec(("[a-z][a-z0-9_*/-]{0,10}(@[a-z0-9]{1,8})?", "[!-+--<>-~]{1,12}"), 0..5),
             ) {
-                let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                // Sampled and random flags, and any valid tracestate, survive the round trip.
+                let flags = TraceFlags::new(flag_bits);
+                let mut seen = std::collections::HashSet::new();
+                let state: Vec<_> = state.into_iter().filter(|(k, _)| seen.insert(k.clone())).collect();
+                let trace_state = TraceState::from_key_value(state.clone()).expect("valid members");
                 let cx = Context::new().with_remote_span_context(SpanContext::new(
                     TraceId::from(trace),
                     SpanId::from(span),
                     flags,
                     true,
-                    TraceState::default(),
+                    trace_state.clone(),
                 ));
                 let p = Propagation::global();
                 let extracted = p.extract(&Pairs::from_injected(&p.inject(&cx)));
@@ -333,7 +338,8 @@ mod tests {
                 let sc = extracted.remote_span_context().expect("valid");
                 prop_assert_eq!(sc.trace_id(), TraceId::from(trace));
                 prop_assert_eq!(sc.span_id(), SpanId::from(span));
-                prop_assert_eq!(sc.is_sampled(), sampled);
+                prop_assert_eq!(sc.trace_flags(), flags);
+                prop_assert_eq!(sc.trace_state(), &trace_state);
             }
 
             #[test]

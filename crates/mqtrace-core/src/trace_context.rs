@@ -4,8 +4,9 @@
 //! OpenTelemetry's SDK `TraceContextPropagator` is lenient where the W3C test suite is not:
 //! it accepts trailing dashes, uppercase or wrong-length versions, short ids (left-padded)
 //! and one- or three-digit flags; it drops the Level 2 *random* flag; and on `tracestate` it
-//! trims no OWS, drops the whole header on an empty member, has no 32-member or 256-character
-//! key limit, accepts `foo=,bar=3`, and rejects some valid multi-tenant keys.
+//! keeps the first 32 of 33 members instead of discarding the header, accepts `foo=,bar=3`,
+//! and rejects valid Level 2 keys (14 or more characters after `@`, several `@`). The
+//! W3C test suite's cases, ported in `tests/w3c_trace_context_suite.rs`, pin each of these.
 //! [`W3cTraceContextPropagator`] gets each of these right:
 //!
 //! - `traceparent`: version `00` must be exactly 55 characters; a future version (not `ff`) is
@@ -13,11 +14,13 @@
 //!   all-zero trace or parent ids are invalid; the sampled and random flags are kept; leading
 //!   and trailing OWS (spaces, tabs) is ignored. Injection always writes canonical version
 //!   `00` with only the flags this version defines.
-//! - `tracestate`: the full key grammar (`simple-key` and `tenant@system`), values of 1–256
-//!   allowed characters, OWS around members, empty members skipped, at most 32 members, no
-//!   duplicate keys. An invalid `tracestate` is discarded while the `traceparent` is kept.
-//!   Entries OpenTelemetry's `TraceState` type cannot hold (system ids of 14 characters) are
-//!   carried in the context unchanged and re-injected as received.
+//! - `tracestate`: the Level 2 key grammar (1–256 characters, first a lowercase letter or
+//!   digit, `@` allowed, so any `tenant@system` split), values of 1–256 allowed characters,
+//!   OWS around members, empty members skipped, at most 32 members, a repeated key dropped
+//!   (the first entry kept). An invalid `tracestate` is discarded while the `traceparent` is
+//!   kept. Entries OpenTelemetry's `TraceState` type cannot hold (e.g. more than 13
+//!   characters after `@`, or two `@`) are carried in the context unchanged and re-injected
+//!   as received.
 //!
 //! ## Several occurrences of a header
 //!
@@ -132,30 +135,15 @@ fn is_key_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
 }
 
-/// Whether `key` is a valid `tracestate` key: `simple-key` (lcalpha then up to 255 of
-/// lcalpha, digit, `_-*/`) or `multi-tenant-key` (`tenant@system`: a tenant id of
-/// lcalpha/digit then up to 240 key characters, a system id of lcalpha then up to 13).
+/// Whether `key` is a valid `tracestate` key (Level 2 grammar): 1 to 256 characters, the
+/// first a lowercase letter or a digit, the rest lowercase letters, digits, `_`, `-`, `*`,
+/// `/` or `@` (so multi-tenant `tenant@system` keys of any split are valid).
 pub fn valid_tracestate_key(key: &str) -> bool {
     let k = key.as_bytes();
-    match key.find('@') {
-        None => {
-            !k.is_empty()
-                && k.len() <= 256
-                && k[0].is_ascii_lowercase()
-                && k.iter().all(|&b| is_key_char(b))
-        }
-        Some(at) => {
-            let (tenant, system) = (&k[..at], &k[at + 1..]);
-            !tenant.is_empty()
-                && tenant.len() <= 241
-                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
-                && tenant.iter().all(|&b| is_key_char(b))
-                && !system.is_empty()
-                && system.len() <= 14
-                && system[0].is_ascii_lowercase()
-                && system.iter().all(|&b| is_key_char(b))
-        }
-    }
+    !k.is_empty()
+        && k.len() <= 256
+        && (k[0].is_ascii_lowercase() || k[0].is_ascii_digit())
+        && k.iter().all(|&b| is_key_char(b) || b == b'@')
 }
 
 /// Whether `value` is a valid `tracestate` value: 1 to 256 printable ASCII characters other
@@ -206,8 +194,10 @@ impl<'a> Iterator for TracestateMembers<'a> {
 impl ExactSizeIterator for TracestateMembers<'_> {}
 
 /// Validates a `tracestate` value strictly and returns its members in order, or `None` when
-/// the whole header must be discarded (a malformed member, a duplicate key, more than 32
-/// members). An empty or all-blank header gives `Some` of nothing. Allocates nothing.
+/// the whole header must be discarded (a malformed member, more than 32 members). A key that
+/// occurs again is dropped, keeping its first (left-most, most recent) entry, as the
+/// specification allows. An empty or all-blank header gives `Some` of nothing. Allocates
+/// nothing.
 ///
 /// # Example
 ///
@@ -224,15 +214,15 @@ pub fn parse_tracestate(header: &str) -> Option<TracestateMembers<'_>> {
         len: 0,
         next: 0,
     };
-    for member in members(header) {
+    for (index, member) in members(header).enumerate() {
         let (key, value) = split_member(member)?;
-        if parsed.len == MAX_TRACESTATE_MEMBERS
-            || parsed.items[..parsed.len].iter().any(|(k, _)| *k == key)
-        {
+        if index == MAX_TRACESTATE_MEMBERS {
             return None;
         }
-        parsed.items[parsed.len] = (key, value);
-        parsed.len += 1;
+        if !parsed.items[..parsed.len].iter().any(|(k, _)| *k == key) {
+            parsed.items[parsed.len] = (key, value);
+            parsed.len += 1;
+        }
     }
     Some(parsed)
 }
