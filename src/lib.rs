@@ -9,7 +9,9 @@
 //! - [`core`] (`mqtrace-core`): header carriers, propagation, messaging spans and metrics,
 //!   telemetry setup from the `OTEL_*` environment;
 //! - [`kafka`] (`mqtrace-kafka`, feature `kafka`, on by default): traced rust-rdkafka
-//!   producer and consumer.
+//!   producer and consumer;
+//! - [`amqp`] (`mqtrace-amqp`, feature `amqp`, on by default): traced lapin publisher and
+//!   consumer for RabbitMQ.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +39,10 @@ pub use mqtrace_core as core;
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use mqtrace_kafka as kafka;
+
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub use mqtrace_amqp as amqp;
 
 /// The README's code examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

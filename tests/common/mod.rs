@@ -4,6 +4,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod amqp;
+pub mod w3c_cases;
+
 use std::time::Duration;
 
 use mqtrace::kafka::rdkafka::consumer::Consumer;

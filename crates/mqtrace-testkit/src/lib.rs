@@ -4,6 +4,8 @@
 //!
 //! - [`kafka`]: an embedded Kafka (librdkafka's mock cluster, a real Kafka-protocol broker in
 //!   the process) or an external one named by `MQTRACE_KAFKA_BOOTSTRAP`, with unique topics;
+//! - [`amqp`]: a RabbitMQ fixture (`MQTRACE_AMQP_URL`, started locally when installed and
+//!   down) with unique, self-cleaning queues and exchanges;
 //! - [`capture`]: in-memory tracer and meter providers, with assertions on the span graph
 //!   (names, kinds, parents, links, attributes) and on metrics.
 //!
@@ -20,5 +22,6 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod amqp;
 pub mod capture;
 pub mod kafka;
