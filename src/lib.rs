@@ -11,7 +11,10 @@
 //! - [`kafka`] (`mqtrace-kafka`, feature `kafka`, on by default): traced rust-rdkafka
 //!   producer and consumer;
 //! - [`amqp`] (`mqtrace-amqp`, feature `amqp`, on by default): traced lapin publisher and
-//!   consumer for RabbitMQ.
+//!   consumer for RabbitMQ;
+//! - [`inference`] (`mqtrace-inference`, feature `inference`, on by default): batch-inference
+//!   workers (batch spans linked to every message, instrumented model execution on CPU or,
+//!   with feature `cuda`, GPU).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,6 +46,10 @@ pub use mqtrace_kafka as kafka;
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
 pub use mqtrace_amqp as amqp;
+
+#[cfg(feature = "inference")]
+#[cfg_attr(docsrs, doc(cfg(feature = "inference")))]
+pub use mqtrace_inference as inference;
 
 /// The README's code examples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

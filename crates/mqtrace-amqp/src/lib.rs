@@ -46,6 +46,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod batch;
 pub mod consumer;
 pub mod destination;
 mod error;
@@ -54,7 +55,7 @@ pub mod publisher;
 
 pub use consumer::{TracedConsumer, TracedDelivery};
 pub use error::{Error, Result, error_type};
-pub use publisher::{Published, TracedPublisher};
+pub use publisher::{Published, SpanExtras, Target, TracedPublisher};
 
 /// The lapin crate mqtrace-amqp is built against, so applications use the same version.
 pub use lapin;

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use mqtrace_core::{Instrumentation, MessagingSpan, MessagingSpanBuilder, OperationType};
+use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY;
 
@@ -14,6 +15,43 @@ use crate::destination::publish_destination;
 use crate::error::{Error, Result, error_type};
 use crate::headers::merge_injected;
 use crate::{SYSTEM, server_of};
+
+/// Where a message is published: an exchange (empty for the default exchange) and a
+/// routing key (the queue name, on the default exchange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The exchange; `""` is the default exchange.
+    pub exchange: &'a str,
+    /// The routing key.
+    pub routing_key: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// The default exchange, routing straight to `queue`.
+    pub fn queue(queue: &'a str) -> Self {
+        Self {
+            exchange: "",
+            routing_key: queue,
+        }
+    }
+}
+
+/// Links and attributes to add to a send span beyond the standard ones.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SpanExtras {
+    /// Links (e.g. to the batch span a reply comes from).
+    pub links: Vec<Link>,
+    /// Attributes; keep them low-cardinality.
+    pub attributes: Vec<KeyValue>,
+}
+
+impl SpanExtras {
+    /// These links and attributes.
+    pub fn new(links: Vec<Link>, attributes: Vec<KeyValue>) -> Self {
+        Self { links, attributes }
+    }
+}
 
 /// What the broker said about a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +205,36 @@ impl TracedPublisher {
         properties: BasicProperties,
         parent: &Context,
     ) -> Result<Published> {
+        let target = Target {
+            exchange,
+            routing_key,
+        };
+        let span = SpanExtras::default();
+        self.publish_with_links(target, options, payload, properties, parent, span)
+            .await
+    }
+
+    /// Publishes `payload` to `target` as a child of `parent`, its send span also carrying
+    /// `span`'s links (a reply sent from a batch links to the batch span, for one) and
+    /// attributes.
+    pub async fn publish_with_links(
+        &self,
+        target: Target<'_>,
+        options: BasicPublishOptions,
+        payload: &[u8],
+        properties: BasicProperties,
+        parent: &Context,
+        span: SpanExtras,
+    ) -> Result<Published> {
+        let SpanExtras { links, attributes } = span;
+        let Target {
+            exchange,
+            routing_key,
+        } = target;
         let destination = publish_destination(exchange, routing_key);
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
+            .with_links(links)
+            .with_attributes(attributes)
             .with_destination(destination.clone())
             .with_body_size(payload.len());
         if !routing_key.is_empty() {

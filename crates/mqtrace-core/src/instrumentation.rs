@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
-use opentelemetry::metrics::MeterProvider;
+use opentelemetry::metrics::{Meter, MeterProvider};
 
 use crate::carrier::HeaderSource;
 use crate::metrics::MessagingMetrics;
@@ -47,6 +47,7 @@ pub fn scope() -> InstrumentationScope {
 #[derive(Clone)]
 pub struct Instrumentation {
     tracer: Arc<BoxedTracer>,
+    meter: Meter,
     metrics: Arc<MessagingMetrics>,
     propagation: Propagation,
 }
@@ -79,6 +80,12 @@ impl Instrumentation {
     /// The tracer spans are started with.
     pub fn tracer(&self) -> &BoxedTracer {
         &self.tracer
+    }
+
+    /// The meter mqtrace's instruments live on, for components that add their own (the
+    /// batch-inference worker's metrics, for one).
+    pub fn meter(&self) -> &Meter {
+        &self.meter
     }
 
     /// The messaging instruments.
@@ -114,7 +121,7 @@ impl Instrumentation {
 #[derive(Default)]
 pub struct InstrumentationBuilder {
     tracer: Option<BoxedTracer>,
-    metrics: Option<MessagingMetrics>,
+    meter: Option<Meter>,
     propagation: Propagation,
 }
 
@@ -122,7 +129,7 @@ impl fmt::Debug for InstrumentationBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InstrumentationBuilder")
             .field("custom_tracer", &self.tracer.is_some())
-            .field("custom_meter", &self.metrics.is_some())
+            .field("custom_meter", &self.meter.is_some())
             .field("propagation", &self.propagation)
             .finish()
     }
@@ -143,7 +150,7 @@ impl InstrumentationBuilder {
     where
         P: MeterProvider + ?Sized,
     {
-        self.metrics = Some(MessagingMetrics::new(&provider.meter_with_scope(scope())));
+        self.meter = Some(provider.meter_with_scope(scope()));
         self
     }
 
@@ -155,14 +162,16 @@ impl InstrumentationBuilder {
 
     /// Builds the instrumentation; unset parts come from the global providers.
     pub fn build(self) -> Instrumentation {
+        let meter = self
+            .meter
+            .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
         Instrumentation {
             tracer: Arc::new(
                 self.tracer
                     .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope())),
             ),
-            metrics: Arc::new(self.metrics.unwrap_or_else(|| {
-                MessagingMetrics::new(&opentelemetry::global::meter_with_scope(scope()))
-            })),
+            metrics: Arc::new(MessagingMetrics::new(&meter)),
+            meter,
             propagation: self.propagation,
         }
     }

@@ -2,6 +2,8 @@
 //!
 //! The broker-agnostic heart of mqtrace: it knows OpenTelemetry, not Kafka or RabbitMQ.
 //!
+//! - [`batch`]: the message source/sink traits batch workers use, and the batch `process`
+//!   span that links to every message (spreading links beyond the limit over child spans).
 //! - [`carrier`]: [`HeaderSource`](carrier::HeaderSource) lets any client's headers be read as
 //!   an OpenTelemetry `Extractor` under mqtrace's header rules (case-insensitive keys, bytes or
 //!   strings, last occurrence wins, invalid or oversized values ignored);
@@ -44,6 +46,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod batch;
 pub mod carrier;
 mod error;
 pub mod instrumentation;

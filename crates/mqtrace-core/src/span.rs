@@ -286,6 +286,12 @@ impl MessagingSpanBuilder {
         self
     }
 
+    /// Adds attributes specific to this message or operation (keep them low-cardinality).
+    pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = KeyValue>) -> Self {
+        self.attributes.extend(attributes);
+        self
+    }
+
     /// Links the span to another span's context (e.g. a message's creation context).
     pub fn with_link(mut self, link: Link) -> Self {
         self.links.push(link);

@@ -26,8 +26,8 @@ use crate::headers::KafkaHeaders;
 ///
 /// Dereferences to the rdkafka [`BorrowedMessage`].
 pub struct TracedMessage<'c> {
-    message: BorrowedMessage<'c>,
-    extracted: Extracted,
+    pub(crate) message: BorrowedMessage<'c>,
+    pub(crate) extracted: Extracted,
 }
 
 impl fmt::Debug for TracedMessage<'_> {
@@ -133,7 +133,7 @@ pub struct TracedConsumer<C: ConsumerContext + 'static = DefaultConsumerContext>
     instrumentation: Instrumentation,
     parent_mode: ParentMode,
     key_capture: KeyCapture,
-    group: Option<String>,
+    pub(crate) group: Option<String>,
     server: Option<(String, i64)>,
 }
 
@@ -309,7 +309,10 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     }
 
     /// Adds the consumer group and broker address every consumer span carries.
-    fn with_client_attributes(&self, mut builder: MessagingSpanBuilder) -> MessagingSpanBuilder {
+    pub(crate) fn with_client_attributes(
+        &self,
+        mut builder: MessagingSpanBuilder,
+    ) -> MessagingSpanBuilder {
         if let Some(group) = &self.group {
             builder = builder.with_consumer_group(group.clone());
         }

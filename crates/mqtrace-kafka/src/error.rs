@@ -46,6 +46,15 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// Committing a processed batch's offsets failed; the batch will be redelivered.
+    #[error("committing the offsets of a processed batch ({offsets}) failed: {source}")]
+    CommitBatch {
+        /// `topic[partition]@offset` for each partition of the batch.
+        offsets: String,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
     /// Subscribing to topics failed.
     #[error("subscribing to {topics:?} failed: {source}")]
     Subscribe {

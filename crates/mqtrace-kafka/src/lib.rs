@@ -6,6 +6,8 @@
 //!
 //! - [`TracedProducer`] wraps `FutureProducer`;
 //! - [`TracedConsumer`] wraps `StreamConsumer`, yielding [`TracedMessage`]s;
+//! - both implement the batch traits of [`mqtrace_core::batch`] (`MessageSource`,
+//!   `MessageSink`), yielding [`OwnedTracedMessage`]s, so batch workers run on Kafka;
 //! - [`headers`] adapts rdkafka headers to mqtrace's carriers.
 //!
 //! Spans, attributes and metrics follow the OpenTelemetry messaging semantic conventions
@@ -37,11 +39,13 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod batch;
 pub mod consumer;
 mod error;
 pub mod headers;
 pub mod producer;
 
+pub use batch::OwnedTracedMessage;
 pub use consumer::{TracedConsumer, TracedMessage};
 pub use error::{Error, Result, error_type};
 pub use producer::{Delivery, TracedProducer};

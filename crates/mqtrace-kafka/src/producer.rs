@@ -4,6 +4,7 @@ use std::fmt;
 
 use mqtrace_core::span::parse_server;
 use mqtrace_core::{Instrumentation, KeyCapture, MessagingSpanBuilder, OperationType, semconv};
+use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -136,7 +137,7 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
     /// Sends `record` as a child of `parent`.
     pub async fn send_with_context<K, P, T>(
         &self,
-        mut record: FutureRecord<'_, K, P>,
+        record: FutureRecord<'_, K, P>,
         queue_timeout: T,
         parent: &Context,
     ) -> Result<Delivery>
@@ -145,7 +146,29 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
         P: ToBytes + ?Sized,
         T: Into<Timeout>,
     {
+        self.send_with_links(record, queue_timeout, parent, Vec::new(), Vec::new())
+            .await
+    }
+
+    /// Sends `record` as a child of `parent`, its send span also linking to `links` (a reply
+    /// sent from a batch links to the batch span, for one) and carrying `attributes` (keep
+    /// them low-cardinality).
+    pub async fn send_with_links<K, P, T>(
+        &self,
+        mut record: FutureRecord<'_, K, P>,
+        queue_timeout: T,
+        parent: &Context,
+        links: Vec<Link>,
+        attributes: Vec<KeyValue>,
+    ) -> Result<Delivery>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+        T: Into<Timeout>,
+    {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
+            .with_links(links)
+            .with_attributes(attributes)
             .with_destination(record.topic.to_owned())
             .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()));
         let partition_known = record.partition.is_some();

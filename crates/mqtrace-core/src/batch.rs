@@ -1,0 +1,544 @@
+//! Batches: the traits a batch worker takes messages through and sends them with, and the
+//! batch `process` span that links to every message it covers.
+//!
+//! - [`InboundMessage`]: what a batch needs to know about one consumed message (its
+//!   extracted context, payload, identity for the link).
+//! - [`MessageSource`]: a cancel-safe stream of inbound messages that can settle (commit or
+//!   acknowledge) a processed batch. `mqtrace-kafka` and `mqtrace-amqp` implement it for
+//!   their traced consumers, so a worker is written once for both brokers.
+//! - [`MessageSink`]: sends a message as a child of a given context, its `send` span linked
+//!   to other spans, resolving once the broker confirmed it.
+//! - [`BatchSpanBuilder`]: starts the CONSUMER `process {destination}` span of a batch. Every
+//!   message with a usable context is linked, carrying its identity; links beyond the span
+//!   link limit go onto INTERNAL `batch.links` child spans, so no message of a large batch is
+//!   unreachable from it.
+
+use std::fmt;
+use std::future::Future;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+
+use crate::instrumentation::Instrumentation;
+use crate::propagation::Extracted;
+use crate::semconv;
+use crate::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
+
+/// The span link limit the SDK applies when `OTEL_SPAN_LINK_COUNT_LIMIT` is not set.
+pub const DEFAULT_LINK_LIMIT: usize = 128;
+
+/// Name of the INTERNAL child spans that carry a large batch's links beyond the limit.
+pub const BATCH_LINKS_SPAN_NAME: &str = "batch.links";
+
+/// Index, within its batch, of the first message a `batch.links` span links to.
+pub const MQTRACE_BATCH_FIRST_INDEX: &str = "mqtrace.batch.first_index";
+
+/// On a batch span: how many `batch.links` child spans carry the links beyond the limit.
+pub const MQTRACE_BATCH_LINK_SPANS: &str = "mqtrace.batch.link_spans";
+
+/// On a batch span: how many of its messages carried no usable trace context (no link).
+pub const MQTRACE_BATCH_UNLINKED: &str = "mqtrace.batch.unlinked_messages";
+
+/// The span link limit in effect: `OTEL_SPAN_LINK_COUNT_LIMIT` when it is set to a positive
+/// number (as the SDK reads it), else [`DEFAULT_LINK_LIMIT`].
+pub fn link_limit_from_env() -> usize {
+    std::env::var("OTEL_SPAN_LINK_COUNT_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_LINK_LIMIT)
+}
+
+/// One consumed message, as a batch worker sees it.
+pub trait InboundMessage: Send + Sync {
+    /// The producer's context extracted from the headers, and whether it was usable.
+    fn extracted(&self) -> &Extracted;
+
+    /// The message body.
+    fn payload(&self) -> &[u8];
+
+    /// The message key, when the broker has one (Kafka).
+    fn key(&self) -> Option<&[u8]>;
+
+    /// Where the message was consumed from (topic, or AMQP `{exchange}:{routing key}:{queue}`).
+    fn destination(&self) -> &str;
+
+    /// When the broker received the message, when it says (queue wait starts here).
+    fn enqueued_at(&self) -> Option<SystemTime>;
+
+    /// The application's message id, when the message carries one.
+    fn message_id(&self) -> Option<&str>;
+
+    /// Attributes identifying the message within its destination: partition and offset, or
+    /// delivery tag; plus the message id when present. Recorded on links to it.
+    fn identity(&self) -> Vec<KeyValue>;
+
+    /// A link to the producer's span carrying [`InboundMessage::identity`], or `None` when
+    /// the message had no usable context.
+    fn link(&self) -> Option<Link> {
+        self.extracted()
+            .remote_span_context()
+            .map(|span_context| Link::new(span_context, self.identity(), 0))
+    }
+}
+
+/// A stream of consumed messages that can settle what was processed.
+///
+/// Implementations must make [`MessageSource::next_message`] cancel-safe: a batch collector
+/// races it against a timer, and a message must never be lost when the timer wins.
+pub trait MessageSource: Send {
+    /// The messages this source yields.
+    type Message: InboundMessage + 'static;
+    /// What receiving or settling can fail with.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// `messaging.system` of the broker behind the source.
+    fn system(&self) -> &'static str;
+
+    /// `messaging.consumer.group.name`, when the broker has consumer groups.
+    fn consumer_group(&self) -> Option<&str> {
+        None
+    }
+
+    /// The next message, or `None` when the source has ended. Cancel-safe.
+    fn next_message(
+        &mut self,
+    ) -> impl Future<Output = Option<Result<Self::Message, Self::Error>>> + Send;
+
+    /// Settles a processed batch (commits its offsets, acknowledges its deliveries). Call it
+    /// only once everything the batch produced is confirmed: that is what makes processing
+    /// at-least-once. Settle spans are children of `parent`.
+    fn settle(
+        &mut self,
+        messages: &[Self::Message],
+        parent: &Context,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// A message to send through a [`MessageSink`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Outgoing<'a> {
+    /// Topic (Kafka) or routing key on the default exchange, i.e. the queue (AMQP).
+    pub destination: &'a str,
+    /// Message key (Kafka partitioning); ignored by brokers without keys.
+    pub key: Option<&'a [u8]>,
+    /// The body.
+    pub payload: &'a [u8],
+    /// Application headers to send along (trace headers are added by the sink).
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// Message id, where the broker has a property for it (AMQP `message_id`).
+    pub message_id: Option<&'a str>,
+    /// Extra attributes for the send span (low-cardinality: a decision, a bucket).
+    pub span_attributes: &'a [KeyValue],
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message with a destination and a body, nothing else.
+    pub fn new(destination: &'a str, payload: &'a [u8]) -> Self {
+        Self {
+            destination,
+            key: None,
+            payload,
+            headers: &[],
+            message_id: None,
+            span_attributes: &[],
+        }
+    }
+
+    /// Sets extra send-span attributes.
+    pub fn with_span_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
+        self.span_attributes = attributes;
+        self
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: Option<&'a [u8]>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Sets application headers.
+    pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the message id.
+    pub fn with_message_id(mut self, message_id: Option<&'a str>) -> Self {
+        self.message_id = message_id;
+        self
+    }
+}
+
+/// Sends messages with a traced `send` span per message.
+pub trait MessageSink: Send + Sync {
+    /// What sending can fail with.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Sends `message` as a child of `parent`; its send span also links to `links`. Resolves
+    /// once the broker confirmed the message (delivery report, publisher confirm).
+    fn send(
+        &self,
+        message: Outgoing<'_>,
+        parent: &Context,
+        links: Vec<Link>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Starts a batch's CONSUMER `process {destination}` span, linked to every message.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::batch::{BatchSpanBuilder, InboundMessage};
+/// use mqtrace_core::instrumentation::Instrumentation;
+/// # use mqtrace_core::propagation::{Extracted, ExtractOutcome};
+/// # use opentelemetry::{Context, KeyValue};
+/// # struct Message(Extracted);
+/// # impl InboundMessage for Message {
+/// #     fn extracted(&self) -> &Extracted { &self.0 }
+/// #     fn payload(&self) -> &[u8] { b"" }
+/// #     fn key(&self) -> Option<&[u8]> { None }
+/// #     fn destination(&self) -> &str { "requests" }
+/// #     fn enqueued_at(&self) -> Option<std::time::SystemTime> { None }
+/// #     fn message_id(&self) -> Option<&str> { None }
+/// #     fn identity(&self) -> Vec<KeyValue> { Vec::new() }
+/// # }
+/// # let messages = vec![Message(Extracted { context: Context::new(), outcome: ExtractOutcome::Missing })];
+///
+/// let span = BatchSpanBuilder::new("kafka", "requests")
+///     .with_link_limit(128)
+///     .start(&Instrumentation::global(), &messages, &Context::new());
+/// // ... process the batch with span.context() current ...
+/// span.end();
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchSpanBuilder {
+    system: &'static str,
+    destination: String,
+    consumer_group: Option<String>,
+    link_limit: usize,
+    attributes: Vec<KeyValue>,
+}
+
+impl BatchSpanBuilder {
+    /// A batch span for messages of `system` consumed from `destination`, with the link
+    /// limit from [`link_limit_from_env`].
+    pub fn new(system: &'static str, destination: impl Into<String>) -> Self {
+        Self {
+            system,
+            destination: destination.into(),
+            consumer_group: None,
+            link_limit: link_limit_from_env(),
+            attributes: Vec::new(),
+        }
+    }
+
+    /// Links per span; match the tracer provider's `SpanLimits::max_links_per_span`. At least 1.
+    pub fn with_link_limit(mut self, link_limit: usize) -> Self {
+        self.link_limit = link_limit.max(1);
+        self
+    }
+
+    /// `messaging.consumer.group.name`.
+    pub fn with_consumer_group(mut self, group: Option<impl Into<String>>) -> Self {
+        self.consumer_group = group.map(Into::into);
+        self
+    }
+
+    /// An extra attribute on the batch span.
+    pub fn with_attribute(mut self, attribute: KeyValue) -> Self {
+        self.attributes.push(attribute);
+        self
+    }
+
+    /// Starts the batch span as a child of `parent` (usually an empty context: a batch span
+    /// roots its own trace) and links it to `messages`.
+    pub fn start<M: InboundMessage>(
+        self,
+        instrumentation: &Instrumentation,
+        messages: &[M],
+        parent: &Context,
+    ) -> BatchSpan {
+        let mut links = Vec::with_capacity(messages.len());
+        let mut first_index = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            if let Some(link) = message.link() {
+                links.push(link);
+                first_index.push(index);
+            }
+        }
+        let unlinked = messages.len() - links.len();
+        let overflow = links.split_off(links.len().min(self.link_limit));
+
+        let mut builder = MessagingSpanBuilder::new(self.system, OperationType::Process, "process")
+            .with_destination(self.destination.clone())
+            .with_links(links);
+        if let Some(group) = &self.consumer_group {
+            builder = builder.with_consumer_group(group.clone());
+        }
+        for attribute in self.attributes {
+            builder = builder.with_attribute(attribute);
+        }
+        let mut span = builder.start(instrumentation, parent);
+        let count = messages.len() as u64;
+        span.set_message_count(count);
+        if count == 1 {
+            // set_message_count leaves single-message batches unmarked; a batch span says it.
+            span.set_attribute(KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, 1));
+        }
+        if unlinked > 0 {
+            span.set_attribute(KeyValue::new(MQTRACE_BATCH_UNLINKED, unlinked as i64));
+        }
+
+        let mut link_spans = 0_i64;
+        let mut next = self.link_limit;
+        let mut overflow = overflow.into_iter();
+        loop {
+            let chunk: Vec<Link> = overflow.by_ref().take(self.link_limit).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let tracer = instrumentation.tracer();
+            let chunk_len = chunk.len();
+            let child = tracer
+                .span_builder(BATCH_LINKS_SPAN_NAME)
+                .with_kind(SpanKind::Internal)
+                .with_attributes([
+                    KeyValue::new(semconv::MESSAGING_SYSTEM, self.system),
+                    KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_NAME,
+                        self.destination.clone(),
+                    ),
+                    KeyValue::new(MQTRACE_BATCH_FIRST_INDEX, first_index[next] as i64),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, chunk_len as i64),
+                ])
+                .with_links(chunk)
+                .start_with_context(tracer, span.context());
+            Context::current_with_span(child).span().end();
+            next += chunk_len;
+            link_spans += 1;
+        }
+        if link_spans > 0 {
+            span.set_attribute(KeyValue::new(MQTRACE_BATCH_LINK_SPANS, link_spans));
+        }
+        BatchSpan { span }
+    }
+}
+
+/// A started batch span; see [`BatchSpanBuilder`].
+pub struct BatchSpan {
+    span: MessagingSpan,
+}
+
+impl fmt::Debug for BatchSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchSpan")
+            .field("span", &self.span)
+            .finish()
+    }
+}
+
+impl BatchSpan {
+    /// The context with the batch span active: run the batch's work inside it.
+    pub fn context(&self) -> &Context {
+        self.span.context()
+    }
+
+    /// A link to the batch span, for the spans of each message's reply.
+    pub fn link(&self) -> Link {
+        Link::with_context(self.span.span_context())
+    }
+
+    /// The underlying messaging span (to add attributes or events).
+    pub fn span(&self) -> &MessagingSpan {
+        &self.span
+    }
+
+    /// Ends the span successfully.
+    pub fn end(self) {
+        self.span.end();
+    }
+
+    /// Ends the span with error status and `error.type`.
+    pub fn end_with_error(self, error_type: &'static str, description: String) {
+        self.span.end_with_error(error_type, description);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::propagation::ExtractOutcome;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+
+    struct Message {
+        extracted: Extracted,
+        offset: i64,
+    }
+
+    impl InboundMessage for Message {
+        fn extracted(&self) -> &Extracted {
+            &self.extracted
+        }
+        fn payload(&self) -> &[u8] {
+            b"{}"
+        }
+        fn key(&self) -> Option<&[u8]> {
+            None
+        }
+        fn destination(&self) -> &str {
+            "requests"
+        }
+        fn enqueued_at(&self) -> Option<SystemTime> {
+            None
+        }
+        fn message_id(&self) -> Option<&str> {
+            None
+        }
+        fn identity(&self) -> Vec<KeyValue> {
+            vec![KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset)]
+        }
+    }
+
+    fn message(offset: i64, with_context: bool) -> Message {
+        let context = if with_context {
+            let span_context = SpanContext::new(
+                TraceId::from(offset as u128 + 1),
+                SpanId::from(offset as u64 + 1),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
+            );
+            Context::new().with_remote_span_context(span_context)
+        } else {
+            Context::new()
+        };
+        Message {
+            extracted: Extracted {
+                context,
+                outcome: if with_context {
+                    ExtractOutcome::Found
+                } else {
+                    ExtractOutcome::Missing
+                },
+            },
+            offset,
+        }
+    }
+
+    fn run_batch(messages: &[Message], limit: Option<usize>) -> Vec<SpanData> {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let instrumentation = Instrumentation::builder()
+            .with_tracer_provider(&provider)
+            .build();
+        let mut builder = BatchSpanBuilder::new("kafka", "requests");
+        if let Some(limit) = limit {
+            builder = builder.with_link_limit(limit);
+        }
+        builder
+            .start(&instrumentation, messages, &Context::new())
+            .end();
+        exporter.get_finished_spans().expect("spans")
+    }
+
+    fn attribute(span: &SpanData, key: &str) -> Option<opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    #[test]
+    fn every_message_of_a_large_batch_is_linked_within_the_sdk_limit() {
+        let messages: Vec<Message> = (0..1000).map(|i| message(i, true)).collect();
+        let spans = run_batch(&messages, Some(DEFAULT_LINK_LIMIT));
+        let batch = spans
+            .iter()
+            .find(|s| s.name == "process requests")
+            .expect("batch span");
+        assert_eq!(batch.span_kind, SpanKind::Consumer);
+        assert_eq!(batch.links.links.len(), DEFAULT_LINK_LIMIT);
+        assert_eq!(
+            attribute(batch, semconv::MESSAGING_BATCH_MESSAGE_COUNT),
+            Some(opentelemetry::Value::I64(1000))
+        );
+        let children: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == BATCH_LINKS_SPAN_NAME)
+            .collect();
+        assert_eq!(children.len(), 7, "872 links in chunks of 128");
+        assert_eq!(
+            attribute(batch, MQTRACE_BATCH_LINK_SPANS),
+            Some(opentelemetry::Value::I64(7))
+        );
+        let mut offsets: Vec<i64> = Vec::new();
+        for span in std::iter::once(batch).chain(children.iter().copied()) {
+            assert_eq!(span.links.dropped_count, 0);
+            if span.name == BATCH_LINKS_SPAN_NAME {
+                assert_eq!(span.parent_span_id, batch.span_context.span_id());
+                assert_eq!(span.span_context.trace_id(), batch.span_context.trace_id());
+            }
+            for link in &span.links.links {
+                let offset = link
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == semconv::MESSAGING_KAFKA_OFFSET)
+                    .and_then(|kv| match kv.value {
+                        opentelemetry::Value::I64(v) => Some(v),
+                        _ => None,
+                    })
+                    .expect("offset on link");
+                assert_eq!(
+                    link.span_context.trace_id(),
+                    TraceId::from(offset as u128 + 1)
+                );
+                offsets.push(offset);
+            }
+        }
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn messages_without_context_are_counted_not_linked() {
+        let messages: Vec<Message> = (0..10).map(|i| message(i, i % 2 == 0)).collect();
+        let spans = run_batch(&messages, Some(2));
+        let batch = spans
+            .iter()
+            .find(|s| s.name == "process requests")
+            .expect("batch span");
+        assert_eq!(
+            attribute(batch, MQTRACE_BATCH_UNLINKED),
+            Some(opentelemetry::Value::I64(5))
+        );
+        let children: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == BATCH_LINKS_SPAN_NAME)
+            .collect();
+        // links for offsets 0,2 on the batch; 4,6 and 8 on two children
+        assert_eq!(children.len(), 2);
+        let first_indexes: Vec<_> = children
+            .iter()
+            .map(|c| attribute(c, MQTRACE_BATCH_FIRST_INDEX))
+            .collect();
+        assert!(first_indexes.contains(&Some(opentelemetry::Value::I64(4))));
+        assert!(first_indexes.contains(&Some(opentelemetry::Value::I64(8))));
+    }
+
+    #[test]
+    fn a_single_message_batch_still_says_its_count() {
+        let spans = run_batch(&[message(7, true)], None);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            attribute(&spans[0], semconv::MESSAGING_BATCH_MESSAGE_COUNT),
+            Some(opentelemetry::Value::I64(1))
+        );
+    }
+}
