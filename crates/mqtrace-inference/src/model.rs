@@ -157,7 +157,7 @@ pub enum ModelError {
 }
 
 /// A model that scores batches of feature rows.
-pub trait Model: Send {
+pub trait Model: Send + Sync {
     /// `ml.model.name`.
     fn name(&self) -> &str;
     /// `ml.model.version`.

@@ -1,0 +1,590 @@
+//! The main job: a fraud-scoring batch-inference service on Kafka, traced end to end.
+//!
+//! A load generator (the caller) sends `--messages` scoring requests, each in its own
+//! `inference.request` trace; `--workers` workers in one consumer group take them in batches,
+//! score them with an MLP (CPU, or CUDA with `--features cuda`), and reply to each request
+//! in the request's own trace; the caller consumes the replies. Every batch span links to
+//! every request it served.
+//!
+//! ```text
+//! cargo run --release --example batch_inference                              # embedded Kafka
+//! cargo run --release --example batch_inference -- --messages 2000 --summary-json s.json
+//! cargo run --release --example batch_inference -- --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f
+//! cargo run --release --features cuda --example batch_inference -- --device cuda
+//! ```
+//!
+//! Traces, metrics and logs go to `./telemetry/*.jsonl` (OTLP-JSON), or over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use mqtrace::amqp::lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+use mqtrace::amqp::lapin::types::FieldTable;
+use mqtrace::amqp::lapin::{Connection, ConnectionProperties};
+use mqtrace::core::batch::MessageSink;
+use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
+use mqtrace::inference::cpu::CpuModel;
+use mqtrace::inference::features::InMemoryFeatureStore;
+use mqtrace::inference::mlp::Mlp;
+use mqtrace::inference::model::Model;
+use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfig, WorkerStats};
+use mqtrace::kafka::rdkafka::message::Message;
+use mqtrace::kafka::rdkafka::producer::FutureRecord;
+use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+
+const REQUESTS: &str = "inference-requests";
+const REPLIES: &str = "inference-replies";
+const DEAD_LETTERS: &str = "inference-requests.dlq";
+const USERS: usize = 5_000;
+const SEED: u64 = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceChoice {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Batch-inference demo: traced requests, batches, model and replies")]
+struct Args {
+    /// Requests the load generator sends.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Most requests per batch.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Longest a batch waits to fill, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    max_wait_ms: u64,
+    /// Worker instances in the consumer group.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Where the model runs: `auto` uses CUDA when built with it and a driver is present.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Hidden layer widths of the MLP.
+    #[arg(long, value_delimiter = ',', default_value = "256,256")]
+    hidden: Vec<usize>,
+    /// External Kafka bootstrap servers (no load generator unless --generate).
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// With --bootstrap: also run the load generator.
+    #[arg(long)]
+    generate: bool,
+    /// Send replies over RabbitMQ (queue `inference-replies`) instead of Kafka.
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Share of requests sent malformed (they go to the dead-letter topic).
+    #[arg(long, default_value_t = 0.0)]
+    bad_ratio: f64,
+    /// Also trace a `process` span per request in its own trace.
+    #[arg(long)]
+    per_message_spans: bool,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    summary_json: Option<std::path::PathBuf>,
+    /// Give up when the replies have not all arrived after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+/// One model per worker, on the chosen device.
+fn build_model(device: DeviceChoice, hidden: &[usize]) -> anyhow::Result<Box<dyn Model>> {
+    let mlp = Mlp::seeded(INPUT_WIDTH, hidden, SEED);
+    let version = format!(
+        "seed{SEED}-{}",
+        hidden
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("x")
+    );
+    let cpu =
+        |mlp| -> Box<dyn Model> { Box::new(CpuModel::new("fraud-mlp", version.clone(), mlp)) };
+    match device {
+        DeviceChoice::Cpu => Ok(cpu(mlp)),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda | DeviceChoice::Auto => {
+            match mqtrace::inference::cuda::CudaModel::new("fraud-mlp", version.clone(), &mlp, 0) {
+                Ok(model) => Ok(Box::new(model)),
+                Err(error) if device == DeviceChoice::Auto => {
+                    tracing::info!(%error, "no usable GPU, running the model on the CPU");
+                    eprintln!("device auto: no usable GPU ({error}); using the CPU");
+                    Ok(cpu(mlp))
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda => bail!(
+            "this build has no CUDA backend: run with `cargo run --release --features cuda --example batch_inference -- --device cuda`"
+        ),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Auto => Ok(cpu(mlp)),
+    }
+}
+
+/// A syntactically broken, or schema-breaking, request now and then.
+fn request_body(i: usize, bad: bool) -> String {
+    if bad {
+        return match i % 3 {
+            0 => format!("{{\"request_id\":\"r-{i}\",\"amount\":12.0"),
+            1 => format!(
+                "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\"}}",
+                i % USERS
+            ),
+            _ => format!(
+                "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":\"lots\"}}",
+                i % USERS
+            ),
+        };
+    }
+    const CATEGORIES: [&str; 7] = [
+        "grocery",
+        "electronics",
+        "travel",
+        "restaurants",
+        "fuel",
+        "gaming",
+        "jewelry",
+    ];
+    const COUNTRIES: [&str; 5] = ["DE", "FR", "GB", "US", "NL"];
+    let amount = ((i * 7919) % 10_000) as f64 * 0.73 + 1.0;
+    format!(
+        "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
+        (i * 31) % USERS,
+        CATEGORIES[i % CATEGORIES.len()],
+        COUNTRIES[(i / 3) % COUNTRIES.len()],
+        i % 24,
+        i % 4 != 0,
+    )
+}
+
+/// Replies as the caller sees them: request id -> when the reply arrived.
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn record_reply(arrivals: &Arrivals, payload: &[u8], received: &AtomicU64) {
+    let Ok(reply) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    if let Some(id) = reply.get("request_id").and_then(|v| v.as_str()) {
+        received.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut arrivals) = arrivals.lock() {
+            arrivals.entry(id.to_owned()).or_insert_with(Instant::now);
+        }
+    }
+}
+
+async fn run_worker<K: MessageSink>(
+    consumer: TracedConsumer,
+    sink: K,
+    model: Box<dyn Model>,
+    config: WorkerConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<WorkerStats> {
+    let store = InMemoryFeatureStore::generated(USERS, SEED);
+    let mut worker = Worker::new(consumer, sink, store, model, config);
+    Ok(worker.run(&shutdown).await?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let telemetry = telemetry::init_with(
+        TelemetryConfig::from_env()?.with_default_service_name("fraud-scoring"),
+    )?;
+    let generate = args.bootstrap.is_none() || args.generate;
+
+    let kafka = match &args.bootstrap {
+        Some(bootstrap) => KafkaFixture::external(bootstrap),
+        None => KafkaFixture::start().context("starting the embedded Kafka")?,
+    };
+    let partitions = i32::try_from(args.workers.max(1) * 2)
+        .unwrap_or(i32::MAX)
+        .max(4);
+    kafka.create_named_topic(REQUESTS, partitions).await?;
+    kafka.create_named_topic(REPLIES, 4).await?;
+    kafka.create_named_topic(DEAD_LETTERS, 1).await?;
+    eprintln!(
+        "kafka {}: {REQUESTS} ({partitions} partitions) -> {} worker(s) -> {}",
+        kafka.bootstrap_servers(),
+        args.workers,
+        if args.amqp_url.is_some() {
+            "RabbitMQ queue inference-replies"
+        } else {
+            REPLIES
+        },
+    );
+
+    // The reply side, started first so nothing is missed.
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::with_capacity(args.messages)));
+    let received = Arc::new(AtomicU64::new(0));
+    let amqp = match &args.amqp_url {
+        Some(url) => {
+            let connection = tokio::time::timeout(
+                Duration::from_secs(10),
+                Connection::connect(url, ConnectionProperties::default()),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to RabbitMQ at {url} (start it with `rabbitmq-server -detached` or `docker compose up -d rabbitmq`)"))?;
+            Some(Arc::new(connection))
+        }
+        None => None,
+    };
+    let reply_task = match &amqp {
+        Some(connection) => {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    REPLIES.into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    REPLIES.into(),
+                    "caller".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut consumer = mqtrace::amqp::TracedConsumer::new(consumer)
+                .with_server_from_url(args.amqp_url.as_deref().unwrap_or_default());
+            let (arrivals, received) = (Arc::clone(&arrivals), Arc::clone(&received));
+            tokio::spawn(async move {
+                while let Some(delivery) = consumer.next().await {
+                    let delivery = delivery?;
+                    consumer
+                        .process(&delivery, async {
+                            record_reply(&arrivals, &delivery.data, &received);
+                            Ok::<_, std::convert::Infallible>(())
+                        })
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        }
+        None => {
+            let consumer =
+                TracedConsumer::from_config(&kafka.consumer_config(&unique_name("caller")))?;
+            consumer.subscribe(&[REPLIES])?;
+            let (arrivals, received) = (Arc::clone(&arrivals), Arc::clone(&received));
+            tokio::spawn(async move {
+                loop {
+                    let message = consumer.recv().await?;
+                    consumer
+                        .process(&message, async {
+                            record_reply(
+                                &arrivals,
+                                message.payload().unwrap_or_default(),
+                                &received,
+                            );
+                            Ok::<_, std::convert::Infallible>(())
+                        })
+                        .await?;
+                }
+            })
+        }
+    };
+
+    // The workers: one consumer group, one model each.
+    let shutdown = Shutdown::new();
+    let config = WorkerConfig::new(REPLIES, DEAD_LETTERS)
+        .with_batch(BatchConfig::new(
+            args.max_batch,
+            Duration::from_millis(args.max_wait_ms),
+        ))
+        .with_per_message_spans(args.per_message_spans);
+    let mut workers = Vec::with_capacity(args.workers);
+    let mut device_name = String::new();
+    for _ in 0..args.workers.max(1) {
+        let consumer = TracedConsumer::from_config(&kafka.consumer_config("fraud-scorers"))?;
+        consumer.subscribe(&[REQUESTS])?;
+        let model = build_model(args.device, &args.hidden)?;
+        device_name = format!("{} ({})", model.device().kind.as_str(), model.device().name);
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        workers.push(match &amqp {
+            Some(connection) => {
+                let publisher = mqtrace::amqp::TracedPublisher::open(Arc::clone(connection))
+                    .await?
+                    .with_server_from_url(args.amqp_url.as_deref().unwrap_or_default());
+                tokio::spawn(run_worker(consumer, publisher, model, config, shutdown))
+            }
+            None => {
+                let producer = TracedProducer::from_config(&kafka.producer_config())?;
+                tokio::spawn(run_worker(consumer, producer, model, config, shutdown))
+            }
+        });
+    }
+    eprintln!(
+        "model: fraud-mlp {INPUT_WIDTH}->{:?}->1 on {device_name}",
+        args.hidden
+    );
+
+    // The load generator: each request in its own trace, as a caller service would send it.
+    let bad_every = if args.bad_ratio > 0.0 {
+        (1.0 / args.bad_ratio).round().max(1.0) as usize
+    } else {
+        0
+    };
+    let expected_bad = if bad_every > 0 && generate {
+        args.messages.div_ceil(bad_every)
+    } else {
+        0
+    };
+    let expected_replies = if generate {
+        args.messages - expected_bad
+    } else {
+        0
+    };
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(args.messages)));
+    if generate {
+        // Warm-up: one request answered means both consumer groups have joined (a few
+        // seconds on any Kafka), so the timed run measures the service, not the join.
+        let producer = TracedProducer::from_config(&kafka.producer_config())?;
+        let body = request_body(usize::MAX / 2, false)
+            .replace("\"request_id\":\"r-", "\"request_id\":\"warmup-");
+        producer
+            .send(
+                FutureRecord::to(REQUESTS).payload(&body).key("warmup"),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let joined = Instant::now();
+        while arrivals.lock().map(|a| a.is_empty()).unwrap_or(true) {
+            if joined.elapsed() > Duration::from_secs(60) {
+                bail!("the warm-up request was not answered within 60 s: is Kafka reachable?");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "warm-up answered after {:.1} s (consumer groups joined)",
+            joined.elapsed().as_secs_f64()
+        );
+        if let Ok(mut arrivals) = arrivals.lock() {
+            arrivals.clear();
+        }
+    }
+    let started = Instant::now();
+    if generate {
+        let producer = Arc::new(TracedProducer::from_config(&kafka.producer_config())?);
+        let sent_at = Arc::clone(&sent_at);
+        let messages = args.messages;
+        tokio::spawn(async move {
+            let tracer = Arc::new(opentelemetry::global::tracer("load-generator"));
+            futures::stream::iter(0..messages)
+                .map(|i| {
+                    let producer = Arc::clone(&producer);
+                    let sent_at = Arc::clone(&sent_at);
+                    let tracer = Arc::clone(&tracer);
+                    async move {
+                        let span = tracer
+                            .span_builder("inference.request")
+                            .with_kind(SpanKind::Client)
+                            .with_attributes([KeyValue::new("app.request.kind", "fraud_score")])
+                            .start(tracer.as_ref());
+                        let cx = Context::current_with_span(span);
+                        let bad = bad_every > 0 && i % bad_every == 0;
+                        let body = request_body(i, bad);
+                        let key = format!("user-{}", (i * 31) % USERS);
+                        if let Ok(mut sent) = sent_at.lock() {
+                            sent.insert(format!("r-{i}"), Instant::now());
+                        }
+                        let result = producer
+                            .send_with_context(
+                                FutureRecord::to(REQUESTS).payload(&body).key(&key),
+                                Duration::from_secs(30),
+                                &cx,
+                            )
+                            .await;
+                        cx.span().end();
+                        result
+                    }
+                })
+                .buffer_unordered(512)
+                .for_each(|result| async move {
+                    if let Err(error) = result {
+                        eprintln!("request not delivered: {error}");
+                    }
+                })
+                .await;
+        });
+    }
+
+    // Progress until every reply arrived.
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    loop {
+        let answered = arrivals.lock().map(|a| a.len()).unwrap_or_default();
+        let done = generate && answered >= expected_replies;
+        if tty || last_line.elapsed() >= Duration::from_secs(2) || done {
+            let width = 30;
+            let filled = if expected_replies == 0 {
+                0
+            } else {
+                answered * width / expected_replies.max(1)
+            };
+            let line = format!(
+                "[{}{}] {answered}/{expected_replies} replies  {:.0}/s",
+                "=".repeat(filled.min(width)),
+                " ".repeat(width - filled.min(width)),
+                answered as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            let _ = std::io::stderr().flush();
+            last_line = Instant::now();
+        }
+        if done {
+            break;
+        }
+        if !generate {
+            tokio::signal::ctrl_c().await?;
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out: {answered} of {expected_replies} replies after {} s",
+                args.timeout_secs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = started.elapsed();
+
+    shutdown.trigger();
+    let mut batches = 0_u64;
+    let (mut messages, mut replies, mut dead_lettered, mut model_s, mut busy_s) =
+        (0, 0, 0, 0.0, 0.0);
+    let warmup = u64::from(generate);
+    for worker in workers {
+        let stats = worker.await.context("worker panicked")??;
+        batches += stats.batches;
+        messages += stats.messages;
+        replies += stats.replies;
+        dead_lettered += stats.dead_lettered;
+        model_s += stats.model_seconds;
+        busy_s += stats.busy_seconds;
+    }
+    reply_task.abort();
+    messages = messages.saturating_sub(warmup);
+    batches = batches.saturating_sub(warmup);
+    replies = replies.saturating_sub(warmup);
+
+    let mut latencies: Vec<f64> = {
+        let sent = sent_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let arrived = arrivals.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        arrived
+            .iter()
+            .filter_map(|(id, at)| {
+                sent.get(id)
+                    .map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1e3)
+            })
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    let answered = latencies.len();
+    let throughput = answered as f64 / elapsed.as_secs_f64().max(1e-9);
+    let (p50, p95, p99) = (
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 95.0),
+        percentile(&latencies, 99.0),
+    );
+    let model_share = if busy_s > 0.0 { model_s / busy_s } else { 0.0 };
+    telemetry.flush();
+    let telemetry_line = match telemetry.destination() {
+        Destination::Files { dir } => {
+            format!("{} (OTLP-JSON lines)", dir.join("traces.jsonl").display())
+        }
+        Destination::Otlp { endpoint, .. } => format!("OTLP {endpoint}"),
+        _ => "disabled (OTEL_SDK_DISABLED)".to_owned(),
+    };
+
+    println!();
+    println!(
+        "  requests            {:>10}",
+        if generate {
+            args.messages
+        } else {
+            messages as usize
+        }
+    );
+    println!("  replies             {:>10}", replies);
+    println!("  batches             {:>10}", batches);
+    println!(
+        "  mean batch size     {:>10.1}",
+        if batches > 0 {
+            messages as f64 / batches as f64
+        } else {
+            0.0
+        }
+    );
+    println!("  throughput          {:>10.0} req/s", throughput);
+    println!("  latency p50         {:>10.1} ms", p50);
+    println!("  latency p95         {:>10.1} ms", p95);
+    println!("  latency p99         {:>10.1} ms", p99);
+    println!("  model share of work {:>10.1} %", model_share * 100.0);
+    println!("  dead-lettered       {:>10}", dead_lettered);
+    println!("  device              {device_name}");
+    println!("  telemetry           {telemetry_line}");
+
+    if let Some(path) = &args.summary_json {
+        let summary = serde_json::json!({
+            "requests": if generate { args.messages as u64 } else { messages },
+            "replies": replies,
+            "batches": batches,
+            "dead_lettered": dead_lettered,
+            "throughput_per_s": throughput,
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+            "mean_batch_size": if batches > 0 { messages as f64 / batches as f64 } else { 0.0 },
+            "model_share": model_share,
+            "device": device_name,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  summary             {}", path.display());
+    }
+    if let Some(connection) = &amqp {
+        let channel = connection.create_channel().await?;
+        let _ = channel
+            .queue_delete(REPLIES.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    if generate && (answered < expected_replies || replies < expected_replies as u64) {
+        bail!("only {answered} of {expected_replies} requests were answered");
+    }
+    Ok(())
+}

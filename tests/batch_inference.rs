@@ -1,0 +1,542 @@
+//! The batch-inference worker end to end on the embedded Kafka: batch spans link every
+//! request, replies stay in their requests' traces, malformed requests are dead-lettered,
+//! and a worker killed mid-batch loses nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mqtrace::core::batch::{MessageSink, Outgoing};
+use mqtrace::inference::cpu::CpuModel;
+use mqtrace::inference::features::InMemoryFeatureStore;
+use mqtrace::inference::mlp::Mlp;
+use mqtrace::inference::{
+    BatchConfig, DLQ_REASON_HEADER, INPUT_WIDTH, Shutdown, Worker, WorkerConfig, WorkerStats,
+};
+use mqtrace::kafka::rdkafka::consumer::Consumer;
+use mqtrace::kafka::rdkafka::message::{Headers, Message};
+use mqtrace::kafka::rdkafka::producer::FutureRecord;
+use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
+use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace_testkit::capture::TelemetryCapture;
+use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
+use opentelemetry::trace::{
+    Link, SpanId, SpanKind, TraceContextExt, TraceId, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, Value};
+use opentelemetry_sdk::trace::SpanData;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Pipeline {
+    kafka: KafkaFixture,
+    capture: TelemetryCapture,
+    requests: String,
+    replies: String,
+    dead_letters: String,
+    group: String,
+}
+
+impl Pipeline {
+    async fn new(prefix: &str, partitions: i32) -> Self {
+        let kafka = KafkaFixture::start().expect("Kafka fixture");
+        let requests = kafka.create_topic(prefix, partitions).await.expect("topic");
+        let replies = kafka.create_topic("replies", 1).await.expect("topic");
+        let dead_letters = kafka.create_topic("dlq", 1).await.expect("topic");
+        Self {
+            kafka,
+            capture: TelemetryCapture::new(),
+            requests,
+            replies,
+            dead_letters,
+            group: unique_name("scorers"),
+        }
+    }
+
+    fn producer(&self) -> TracedProducer {
+        TracedProducer::from_config(&self.kafka.producer_config())
+            .expect("producer")
+            .with_instrumentation(self.capture.instrumentation())
+    }
+
+    /// A consumer of `topic`'s `partitions`, resuming from the group's committed offsets
+    /// (assigned directly: no group-join wait).
+    fn consumer(&self, group: &str, topic: &str, partitions: i32) -> TracedConsumer {
+        let consumer = TracedConsumer::from_config(&self.kafka.consumer_config(group))
+            .expect("consumer")
+            .with_instrumentation(self.capture.instrumentation());
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Stored)
+                .expect("partition");
+        }
+        consumer.inner().assign(&assignment).expect("assign");
+        consumer
+    }
+
+    fn worker<K: MessageSink>(
+        &self,
+        sink: K,
+        partitions: i32,
+        config: WorkerConfig,
+    ) -> Worker<TracedConsumer, K, InMemoryFeatureStore, CpuModel> {
+        Worker::with_instrumentation(
+            self.consumer(&self.group, &self.requests, partitions),
+            sink,
+            InMemoryFeatureStore::generated(100, 7),
+            CpuModel::new("fraud-mlp", "test", Mlp::seeded(INPUT_WIDTH, &[32, 16], 7)),
+            config,
+            self.capture.instrumentation(),
+        )
+    }
+
+    fn config(&self, max_batch: usize, max_wait: Duration) -> WorkerConfig {
+        WorkerConfig::new(&self.replies, &self.dead_letters)
+            .with_batch(BatchConfig::new(max_batch, max_wait))
+            .with_link_limit(128)
+    }
+
+    /// Sends `bodies`, each in its own `inference.request` trace; returns request id →
+    /// that request's trace id.
+    async fn send_requests(&self, bodies: &[(String, String)]) -> HashMap<String, TraceId> {
+        let producer = self.producer();
+        let tracer = self.capture.tracer_provider().tracer("caller");
+        let mut traces = HashMap::new();
+        for (id, body) in bodies {
+            let cx = Context::current_with_span(tracer.start("inference.request"));
+            producer
+                .send_with_context(
+                    FutureRecord::<str, str>::to(&self.requests)
+                        .payload(body)
+                        .key("user-1"),
+                    TIMEOUT,
+                    &cx,
+                )
+                .await
+                .expect("request delivered");
+            traces.insert(id.clone(), cx.span().span_context().trace_id());
+            cx.span().end();
+        }
+        traces
+    }
+
+    /// Reads `count` messages of `topic` (one partition) from the beginning.
+    async fn read(
+        &self,
+        topic: &str,
+        count: usize,
+    ) -> Vec<mqtrace::kafka::rdkafka::message::OwnedMessage> {
+        let consumer = self.consumer(&unique_name("reader"), topic, 1);
+        let mut messages = Vec::with_capacity(count);
+        while messages.len() < count {
+            let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+                .await
+                .expect("message in time")
+                .expect("message");
+            messages.push(message.detach().message().clone());
+        }
+        messages
+    }
+}
+
+fn valid_request(i: usize) -> (String, String) {
+    let id = format!("r-{i}");
+    let body = format!(
+        r#"{{"request_id":"{id}","user_id":"user-{}","amount":{}.5,"merchant_category":"travel","country":"DE","hour":{},"card_present":{}}}"#,
+        i % 100,
+        (i * 37) % 9000,
+        i % 24,
+        i % 3 != 0
+    );
+    (id, body)
+}
+
+fn request_id(payload: &[u8]) -> String {
+    let reply: serde_json::Value = serde_json::from_slice(payload).expect("reply is JSON");
+    reply["request_id"].as_str().expect("request_id").to_owned()
+}
+
+/// Runs `worker` until `replies` replies are on the reply topic, then shuts it down.
+async fn run_until_answered<K: MessageSink + 'static>(
+    pipeline: &Pipeline,
+    mut worker: Worker<TracedConsumer, K, InMemoryFeatureStore, CpuModel>,
+    replies: usize,
+) -> (WorkerStats, Vec<String>) {
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move { worker.run(&stop).await });
+    let answered: Vec<String> = pipeline
+        .read(&pipeline.replies, replies)
+        .await
+        .iter()
+        .map(|m| request_id(m.payload().expect("payload")))
+        .collect();
+    shutdown.trigger();
+    let stats = tokio::time::timeout(TIMEOUT, running)
+        .await
+        .expect("worker stops")
+        .expect("worker task")
+        .expect("worker ran");
+    (stats, answered)
+}
+
+fn int(spans: &mqtrace_testkit::capture::SpanGraph, span: &SpanData, key: &str) -> i64 {
+    match spans.attr(span, key) {
+        Some(Value::I64(v)) => *v,
+        other => panic!("{key} on {}: {other:?}", span.name),
+    }
+}
+
+fn link_attr<'l>(link: &'l Link, key: &str) -> Option<&'l Value> {
+    link.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+/// Every link of a batch span and its `batch.links` children.
+fn batch_links<'s>(
+    spans: &'s mqtrace_testkit::capture::SpanGraph,
+    batch: &'s SpanData,
+) -> Vec<&'s Link> {
+    let mut links: Vec<&Link> = batch.links.iter().collect();
+    for child in spans.named("batch.links") {
+        if child.parent_span_id == batch.span_context.span_id() {
+            links.extend(child.links.iter());
+        }
+    }
+    links
+}
+
+#[tokio::test]
+async fn batch_spans_link_every_request_and_replies_stay_in_request_traces() {
+    let pipeline = Pipeline::new("requests", 2).await;
+    let bodies: Vec<_> = (0..300).map(valid_request).collect();
+    let traces = pipeline.send_requests(&bodies).await;
+    let worker = pipeline.worker(
+        pipeline.producer(),
+        2,
+        pipeline.config(100, Duration::from_millis(50)),
+    );
+    let (stats, answered) = run_until_answered(&pipeline, worker, 300).await;
+    assert_eq!(stats.messages, 300);
+    assert_eq!(stats.replies, 300);
+    assert_eq!(answered.iter().collect::<HashSet<_>>().len(), 300);
+
+    let spans = pipeline.capture.spans();
+    let batch_name = format!("process {}", pipeline.requests);
+    let batches = spans.named(&batch_name);
+    assert!(!batches.is_empty());
+    let mut linked = HashSet::new();
+    let mut counted = 0;
+    for batch in &batches {
+        spans.assert_kind(batch, SpanKind::Consumer);
+        spans.assert_root(batch);
+        spans.assert_attr(
+            batch,
+            "messaging.consumer.group.name",
+            pipeline.group.clone(),
+        );
+        let count = int(&spans, batch, "messaging.batch.message_count");
+        counted += count;
+        let links = batch_links(&spans, batch);
+        assert_eq!(
+            links.len() as i64,
+            count,
+            "links count equals messages consumed"
+        );
+        for link in links {
+            assert!(link_attr(link, "messaging.destination.partition.id").is_some());
+            assert!(link_attr(link, "messaging.kafka.offset").is_some());
+            linked.insert(link.span_context.trace_id());
+        }
+        // the stages, each a child of the batch span
+        for stage in [
+            "features.fetch",
+            "features.preprocess",
+            "model.execute",
+            "postprocess",
+        ] {
+            let stage_span = spans
+                .in_trace(batch.span_context.trace_id())
+                .into_iter()
+                .find(|s| s.name == stage)
+                .unwrap_or_else(|| panic!("{stage} in the batch trace"));
+            spans.assert_child_of(stage_span, batch);
+        }
+        let model = spans
+            .in_trace(batch.span_context.trace_id())
+            .into_iter()
+            .find(|s| s.name == "model.execute")
+            .expect("model.execute");
+        spans.assert_attr(model, "ml.inference.batch_size", count);
+        spans.assert_attr(model, "ml.model.name", "fraud-mlp");
+        spans.assert_attr(model, "ml.device.type", "cpu");
+        let compute = spans
+            .in_trace(batch.span_context.trace_id())
+            .into_iter()
+            .find(|s| s.name == "cpu.compute")
+            .expect("cpu.compute phase");
+        spans.assert_child_of(compute, model);
+        let commit = spans
+            .in_trace(batch.span_context.trace_id())
+            .into_iter()
+            .find(|s| s.name.starts_with("commit "))
+            .expect("commit span");
+        spans.assert_child_of(commit, batch);
+    }
+    assert_eq!(counted, 300);
+    let request_traces: HashSet<TraceId> = traces.values().copied().collect();
+    assert_eq!(
+        linked, request_traces,
+        "the batches link exactly the 300 request traces"
+    );
+
+    // Every reply's send span: in its request's trace, child of the request's send span,
+    // linked to the batch that answered it, with the decision (never the raw score).
+    let batch_ids: HashSet<SpanId> = batches.iter().map(|b| b.span_context.span_id()).collect();
+    let reply_spans = spans.named(&format!("send {}", pipeline.replies));
+    assert_eq!(reply_spans.len(), 300);
+    for reply in reply_spans {
+        spans.assert_kind(reply, SpanKind::Producer);
+        let parent = spans
+            .by_id(reply.parent_span_id)
+            .expect("reply parent exported");
+        assert_eq!(parent.name, format!("send {}", pipeline.requests));
+        assert!(request_traces.contains(&reply.span_context.trace_id()));
+        assert!(
+            reply
+                .links
+                .iter()
+                .any(|l| batch_ids.contains(&l.span_context.span_id())),
+            "reply links to its batch"
+        );
+        assert!(spans.attr(reply, "ml.decision").is_some());
+        assert!(spans.attr(reply, "ml.output.score_bucket").is_some());
+        assert!(spans.attr(reply, "ml.output.score").is_none());
+    }
+
+    let metrics = pipeline.capture.metrics();
+    for name in [
+        "mqtrace.worker.batch.size",
+        "mqtrace.worker.queue.wait",
+        "mqtrace.inference.duration",
+        "mqtrace.inference.decisions",
+    ] {
+        assert!(
+            metrics.find(name).is_some(),
+            "{name} in {:?}",
+            metrics.names()
+        );
+    }
+    assert_eq!(metrics.total("mqtrace.inference.decisions"), 300.0);
+}
+
+#[tokio::test]
+async fn a_1000_message_batch_is_fully_linked() {
+    let pipeline = Pipeline::new("big", 1).await;
+    let bodies: Vec<_> = (0..1000).map(valid_request).collect();
+    let traces = pipeline.send_requests(&bodies).await;
+    let worker = pipeline.worker(
+        pipeline.producer(),
+        1,
+        pipeline.config(1000, Duration::from_secs(20)),
+    );
+    let (stats, _) = run_until_answered(&pipeline, worker, 1000).await;
+    assert_eq!(stats.batches, 1, "all 1000 requests in one batch");
+
+    let spans = pipeline.capture.spans();
+    let batch = spans.one(&format!("process {}", pipeline.requests));
+    spans.assert_attr(batch, "messaging.batch.message_count", 1000_i64);
+    assert_eq!(
+        batch.links.len(),
+        128,
+        "the batch span holds the link limit"
+    );
+    assert_eq!(batch.links.dropped_count, 0);
+    let children: Vec<_> = spans
+        .named("batch.links")
+        .into_iter()
+        .filter(|c| c.parent_span_id == batch.span_context.span_id())
+        .collect();
+    assert_eq!(children.len(), 7, "872 more links in chunks of 128");
+    assert!(children.iter().all(|c| c.links.dropped_count == 0));
+    let linked: HashSet<TraceId> = batch_links(&spans, batch)
+        .iter()
+        .map(|l| l.span_context.trace_id())
+        .collect();
+    assert_eq!(linked, traces.values().copied().collect::<HashSet<_>>());
+}
+
+#[tokio::test]
+async fn malformed_requests_are_dead_lettered_with_a_link_to_the_original() {
+    let pipeline = Pipeline::new("dlq-source", 1).await;
+    let mut bodies: Vec<_> = (0..7).map(valid_request).collect();
+    bodies.push(("bad-json".into(), r#"{"request_id":"bad-json","#.into()));
+    bodies.push((
+        "no-user".into(),
+        r#"{"request_id":"no-user","amount":3}"#.into(),
+    ));
+    bodies.push((
+        "bad-amount".into(),
+        r#"{"request_id":"bad-amount","user_id":"user-1","amount":"x"}"#.into(),
+    ));
+    let traces = pipeline.send_requests(&bodies).await;
+    let worker = pipeline.worker(
+        pipeline.producer(),
+        1,
+        pipeline.config(10, Duration::from_secs(5)),
+    );
+    let (stats, answered) = run_until_answered(&pipeline, worker, 7).await;
+    assert_eq!(stats.dead_lettered, 3);
+    assert_eq!(stats.replies, 7);
+    assert_eq!(answered.len(), 7);
+
+    let letters = pipeline.read(&pipeline.dead_letters, 3).await;
+    let mut reasons: Vec<String> = letters
+        .iter()
+        .map(|m| {
+            let headers = m.headers().expect("dead-letter headers");
+            let reason = headers
+                .iter()
+                .find(|h| h.key == DLQ_REASON_HEADER)
+                .and_then(|h| h.value)
+                .expect("reason header");
+            String::from_utf8(reason.to_vec()).expect("utf-8")
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["invalid_field", "missing_field", "not_json"]);
+    // the original payload is kept as it was
+    assert!(
+        letters
+            .iter()
+            .any(|m| m.payload() == Some(br#"{"request_id":"bad-json","#.as_slice()))
+    );
+
+    let spans = pipeline.capture.spans();
+    let batch = spans.one(&format!("process {}", pipeline.requests));
+    let dlq_sends = spans.named(&format!("send {}", pipeline.dead_letters));
+    assert_eq!(dlq_sends.len(), 3);
+    let bad_traces: HashSet<TraceId> = ["bad-json", "no-user", "bad-amount"]
+        .iter()
+        .map(|id| traces[*id])
+        .collect();
+    for send in dlq_sends {
+        spans.assert_child_of(send, batch);
+        assert_eq!(send.links.len(), 1);
+        assert!(bad_traces.contains(&send.links[0].span_context.trace_id()));
+    }
+    assert_eq!(
+        batch
+            .events
+            .iter()
+            .filter(|e| e.name == "request.dead_lettered")
+            .count(),
+        3
+    );
+    let metrics = pipeline.capture.metrics();
+    assert_eq!(metrics.total("mqtrace.worker.dead_lettered"), 3.0);
+}
+
+/// A real producer that stops answering after `allowed` sends, as a worker process does when
+/// it is killed mid-batch.
+struct DyingProducer {
+    inner: TracedProducer,
+    allowed: AtomicUsize,
+}
+
+impl MessageSink for DyingProducer {
+    type Error = mqtrace::kafka::Error;
+
+    async fn send(
+        &self,
+        message: Outgoing<'_>,
+        parent: &Context,
+        links: Vec<Link>,
+    ) -> Result<(), Self::Error> {
+        let left = self
+            .allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if left.is_err() {
+            std::future::pending::<()>().await;
+        }
+        MessageSink::send(&self.inner, message, parent, links).await
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_is_replaced_and_every_request_is_answered() {
+    let pipeline = Pipeline::new("crash", 1).await;
+    let bodies: Vec<_> = (0..200).map(valid_request).collect();
+    pipeline.send_requests(&bodies).await;
+
+    // Worker A answers 130 requests, then hangs in the middle of its second batch of 100.
+    let dying = Arc::new(DyingProducer {
+        inner: pipeline.producer(),
+        allowed: AtomicUsize::new(130),
+    });
+    let mut first = pipeline.worker(
+        SharedSink(Arc::clone(&dying)),
+        1,
+        pipeline.config(100, Duration::from_millis(50)),
+    );
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(async move { first.run(&shutdown).await });
+    let before_crash = pipeline.read(&pipeline.replies, 130).await;
+    assert_eq!(before_crash.len(), 130);
+    // Kill it: its second batch was never settled.
+    running.abort();
+    assert!(running.await.expect_err("aborted").is_cancelled());
+
+    // Worker B, same group, picks up from the committed offsets; run it until every
+    // request has an answer on the reply topic (from either worker).
+    let mut second = pipeline.worker(
+        pipeline.producer(),
+        1,
+        pipeline.config(100, Duration::from_millis(50)),
+    );
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move { second.run(&stop).await });
+    let expected: HashSet<String> = bodies.iter().map(|(id, _)| id.clone()).collect();
+    let reader = pipeline.consumer(&unique_name("reader"), &pipeline.replies, 1);
+    let mut answered = HashSet::new();
+    let mut replies = 0;
+    while answered != expected {
+        let message = tokio::time::timeout(TIMEOUT, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 200 answered", answered.len()))
+            .expect("reply");
+        answered.insert(request_id(message.payload().expect("payload")));
+        replies += 1;
+    }
+    shutdown.trigger();
+    let stats = running.await.expect("worker task").expect("worker ran");
+    assert!(
+        stats.messages >= 70,
+        "the unsettled batch came back: {stats:?}"
+    );
+    assert!(
+        replies > 200,
+        "at-least-once: the killed batch's 30 replies were sent twice"
+    );
+}
+
+/// Lets a test keep a handle on the sink it gave a worker.
+struct SharedSink<K>(Arc<K>);
+
+impl<K: MessageSink> MessageSink for SharedSink<K> {
+    type Error = K::Error;
+
+    async fn send(
+        &self,
+        message: Outgoing<'_>,
+        parent: &Context,
+        links: Vec<Link>,
+    ) -> Result<(), Self::Error> {
+        self.0.send(message, parent, links).await
+    }
+}
