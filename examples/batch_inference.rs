@@ -212,6 +212,14 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init_with(
         TelemetryConfig::from_env()?.with_default_service_name("fraud-scoring"),
     )?;
+    // `tracing` events become OTel log records carrying the current trace and span ids.
+    if let Some(logger_provider) = telemetry.logger_provider() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let bridge =
+            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(logger_provider);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(bridge))
+            .context("installing the log bridge")?;
+    }
     let generate = args.bootstrap.is_none() || args.generate;
 
     let kafka = match &args.bootstrap {

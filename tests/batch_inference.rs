@@ -540,3 +540,47 @@ impl<K: MessageSink> MessageSink for SharedSink<K> {
         self.0.send(message, parent, links).await
     }
 }
+
+#[tokio::test]
+async fn per_message_process_spans_put_each_request_in_its_own_trace() {
+    let pipeline = Pipeline::new("per-message", 1).await;
+    let bodies: Vec<_> = (0..20).map(valid_request).collect();
+    let traces = pipeline.send_requests(&bodies).await;
+    let worker = pipeline.worker(
+        pipeline.producer(),
+        1,
+        pipeline
+            .config(20, Duration::from_secs(5))
+            .with_per_message_spans(true),
+    );
+    run_until_answered(&pipeline, worker, 20).await;
+
+    let spans = pipeline.capture.spans();
+    let process_name = format!("process {}", pipeline.requests);
+    let batch = spans
+        .named(&process_name)
+        .into_iter()
+        .find(|s| s.parent_span_id == SpanId::INVALID)
+        .expect("the batch span is a root");
+    let per_message: Vec<_> = spans
+        .named(&process_name)
+        .into_iter()
+        .filter(|s| s.parent_span_id != SpanId::INVALID)
+        .collect();
+    assert_eq!(per_message.len(), 20);
+    let request_traces: HashSet<TraceId> = traces.values().copied().collect();
+    for process in per_message {
+        spans.assert_kind(process, SpanKind::Consumer);
+        assert!(request_traces.contains(&process.span_context.trace_id()));
+        let parent = spans.by_id(process.parent_span_id).expect("parent");
+        assert_eq!(parent.name, format!("send {}", pipeline.requests));
+        spans.assert_links_to(process, batch);
+        assert!(spans.attr(process, "ml.decision").is_some());
+        let reply = spans
+            .in_trace(process.span_context.trace_id())
+            .into_iter()
+            .find(|s| s.name == format!("send {}", pipeline.replies))
+            .expect("reply in the request's trace");
+        spans.assert_child_of(reply, process);
+    }
+}

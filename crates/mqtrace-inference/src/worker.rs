@@ -321,6 +321,10 @@ where
         self.metrics.record_settled(size);
         match result {
             Ok(()) => {
+                {
+                    let _guard = batch_cx.clone().attach();
+                    tracing::info!(batch_size = size, "batch processed and settled");
+                }
                 batch_span.end();
                 self.stats.batches += 1;
                 self.stats.messages += size as u64;
