@@ -34,6 +34,7 @@ use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
 use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::model::Model;
+use mqtrace::inference::request::MERCHANT_CATEGORIES;
 use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfig, WorkerStats};
 use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
@@ -150,21 +151,14 @@ fn request_body(i: usize, bad: bool) -> String {
             ),
         };
     }
-    const CATEGORIES: [&str; 7] = [
-        "grocery",
-        "electronics",
-        "travel",
-        "restaurants",
-        "fuel",
-        "gaming",
-        "jewelry",
-    ];
+    // every known category but the catch-all `other`
+    let categories = &MERCHANT_CATEGORIES[..MERCHANT_CATEGORIES.len() - 1];
     const COUNTRIES: [&str; 5] = ["DE", "FR", "GB", "US", "NL"];
     let amount = ((i * 7919) % 10_000) as f64 * 0.73 + 1.0;
     format!(
         "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
         (i * 31) % USERS,
-        CATEGORIES[i % CATEGORIES.len()],
+        categories[i % categories.len()],
         COUNTRIES[(i / 3) % COUNTRIES.len()],
         i % 24,
         i % 4 != 0,

@@ -89,14 +89,7 @@ impl Model for CpuModel {
         rows: usize,
         phases: &mut Phases,
     ) -> Result<Vec<f32>, ModelError> {
-        let width = self.mlp.input_width();
-        if inputs.len() != rows * width {
-            return Err(ModelError::Shape {
-                got: inputs.len(),
-                rows,
-                width,
-            });
-        }
+        ModelError::check_shape(inputs, rows, self.mlp.input_width())?;
         let multiply_adds = self.mlp.multiply_adds(rows);
         Ok(phases.time(
             "cpu.compute",

@@ -261,13 +261,7 @@ impl Model for CudaModel {
         rows: usize,
         phases: &mut Phases,
     ) -> Result<Vec<f32>, ModelError> {
-        if inputs.len() != rows * self.input_width {
-            return Err(ModelError::Shape {
-                got: inputs.len(),
-                rows,
-                width: self.input_width,
-            });
-        }
+        ModelError::check_shape(inputs, rows, self.input_width)?;
         let events = [
             self.timing_event()?,
             self.timing_event()?,

@@ -156,6 +156,21 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// `Ok` when `inputs` holds exactly `rows × width` values, else [`ModelError::Shape`].
+    pub fn check_shape(inputs: &[f32], rows: usize, width: usize) -> Result<(), ModelError> {
+        if inputs.len() == rows * width {
+            Ok(())
+        } else {
+            Err(ModelError::Shape {
+                got: inputs.len(),
+                rows,
+                width,
+            })
+        }
+    }
+}
+
 /// A model that scores batches of feature rows.
 pub trait Model: Send + Sync {
     /// `ml.model.name`.
