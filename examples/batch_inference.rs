@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,12 +167,11 @@ fn request_body(i: usize, bad: bool) -> String {
 /// Replies as the caller sees them: request id -> when the reply arrived.
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
-fn record_reply(arrivals: &Arrivals, payload: &[u8], received: &AtomicU64) {
+fn record_reply(arrivals: &Arrivals, payload: &[u8]) {
     let Ok(reply) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return;
     };
     if let Some(id) = reply.get("request_id").and_then(|v| v.as_str()) {
-        received.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut arrivals) = arrivals.lock() {
             arrivals.entry(id.to_owned()).or_insert_with(Instant::now);
         }
@@ -239,7 +237,6 @@ async fn main() -> anyhow::Result<()> {
 
     // The reply side, started first so nothing is missed.
     let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::with_capacity(args.messages)));
-    let received = Arc::new(AtomicU64::new(0));
     let amqp = match &args.amqp_url {
         Some(url) => {
             let connection = tokio::time::timeout(
@@ -277,13 +274,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             let mut consumer = mqtrace::amqp::TracedConsumer::new(consumer)
                 .with_server_from_url(args.amqp_url.as_deref().unwrap_or_default());
-            let (arrivals, received) = (Arc::clone(&arrivals), Arc::clone(&received));
+            let arrivals = Arc::clone(&arrivals);
             tokio::spawn(async move {
                 while let Some(delivery) = consumer.next().await {
                     let delivery = delivery?;
                     consumer
                         .process(&delivery, async {
-                            record_reply(&arrivals, &delivery.data, &received);
+                            record_reply(&arrivals, &delivery.data);
                             Ok::<_, std::convert::Infallible>(())
                         })
                         .await?;
@@ -295,17 +292,13 @@ async fn main() -> anyhow::Result<()> {
             let consumer =
                 TracedConsumer::from_config(&kafka.consumer_config(&unique_name("caller")))?;
             consumer.subscribe(&[REPLIES])?;
-            let (arrivals, received) = (Arc::clone(&arrivals), Arc::clone(&received));
+            let arrivals = Arc::clone(&arrivals);
             tokio::spawn(async move {
                 loop {
                     let message = consumer.recv().await?;
                     consumer
                         .process(&message, async {
-                            record_reply(
-                                &arrivals,
-                                message.payload().unwrap_or_default(),
-                                &received,
-                            );
+                            record_reply(&arrivals, message.payload().unwrap_or_default());
                             Ok::<_, std::convert::Infallible>(())
                         })
                         .await?;

@@ -504,14 +504,12 @@ async fn a_worker_killed_mid_batch_is_replaced_and_every_request_is_answered() {
     let expected: HashSet<String> = bodies.iter().map(|(id, _)| id.clone()).collect();
     let reader = pipeline.consumer(&unique_name("reader"), &pipeline.replies, 1);
     let mut answered = HashSet::new();
-    let mut replies = 0;
     while answered != expected {
         let message = tokio::time::timeout(TIMEOUT, reader.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of 200 answered", answered.len()))
             .expect("reply");
         answered.insert(request_id(message.payload().expect("payload")));
-        replies += 1;
     }
     shutdown.trigger();
     let stats = running.await.expect("worker task").expect("worker ran");
@@ -519,9 +517,12 @@ async fn a_worker_killed_mid_batch_is_replaced_and_every_request_is_answered() {
         stats.messages >= 70,
         "the unsettled batch came back: {stats:?}"
     );
+    // A answered requests 0..130 but committed at most 100 of them, so B (which answered
+    // everything from A's committed offset on) answered at least 30 of them again.
     assert!(
-        replies > 200,
-        "at-least-once: the killed batch's 30 replies were sent twice"
+        130 + stats.replies > 200,
+        "at-least-once: the killed batch's replies were sent again ({} by B)",
+        stats.replies
     );
 }
 

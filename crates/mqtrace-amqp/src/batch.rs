@@ -16,8 +16,9 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG;
 
 use crate::error::Error;
-use crate::publisher::{SpanExtras, Target};
+use crate::publisher::Target;
 use crate::{SYSTEM, TracedConsumer, TracedDelivery, TracedPublisher};
+use mqtrace_core::span::SpanExtras;
 
 impl InboundMessage for TracedDelivery {
     fn extracted(&self) -> &Extracted {

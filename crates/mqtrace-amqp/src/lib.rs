@@ -55,7 +55,7 @@ pub mod publisher;
 
 pub use consumer::{TracedConsumer, TracedDelivery};
 pub use error::{Error, Result, error_type};
-pub use publisher::{Published, SpanExtras, Target, TracedPublisher};
+pub use publisher::{Published, Target, TracedPublisher};
 
 /// The lapin crate mqtrace-amqp is built against, so applications use the same version.
 pub use lapin;

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{Instrumentation, MessagingSpan, MessagingSpanBuilder, OperationType};
-use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY;
 
@@ -33,23 +33,6 @@ impl<'a> Target<'a> {
             exchange: "",
             routing_key: queue,
         }
-    }
-}
-
-/// Links and attributes to add to a send span beyond the standard ones.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct SpanExtras {
-    /// Links (e.g. to the batch span a reply comes from).
-    pub links: Vec<Link>,
-    /// Attributes; keep them low-cardinality.
-    pub attributes: Vec<KeyValue>,
-}
-
-impl SpanExtras {
-    /// These links and attributes.
-    pub fn new(links: Vec<Link>, attributes: Vec<KeyValue>) -> Self {
-        Self { links, attributes }
     }
 }
 
@@ -209,13 +192,13 @@ impl TracedPublisher {
             exchange,
             routing_key,
         };
-        let span = SpanExtras::default();
-        self.publish_with_links(target, options, payload, properties, parent, span)
+        let extras = SpanExtras::default();
+        self.publish_with_links(target, options, payload, properties, parent, extras)
             .await
     }
 
     /// Publishes `payload` to `target` as a child of `parent`, its send span also carrying
-    /// `span`'s links (a reply sent from a batch links to the batch span, for one) and
+    /// `extras`' links (a reply sent from a batch links to the batch span, for one) and
     /// attributes.
     pub async fn publish_with_links(
         &self,
@@ -224,17 +207,15 @@ impl TracedPublisher {
         payload: &[u8],
         properties: BasicProperties,
         parent: &Context,
-        span: SpanExtras,
+        extras: SpanExtras,
     ) -> Result<Published> {
-        let SpanExtras { links, attributes } = span;
         let Target {
             exchange,
             routing_key,
         } = target;
         let destination = publish_destination(exchange, routing_key);
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
-            .with_links(links)
-            .with_attributes(attributes)
+            .with_extras(extras)
             .with_destination(destination.clone())
             .with_body_size(payload.len());
         if !routing_key.is_empty() {

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, Span as _, SpanKind, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::instrumentation::Instrumentation;
@@ -262,25 +262,21 @@ impl BatchSpanBuilder {
         messages: &[M],
         parent: &Context,
     ) -> BatchSpan {
-        let mut links = Vec::with_capacity(messages.len());
-        let mut first_index = Vec::with_capacity(messages.len());
-        for (index, message) in messages.iter().enumerate() {
-            if let Some(link) = message.link() {
-                links.push(link);
-                first_index.push(index);
-            }
-        }
-        let unlinked = messages.len() - links.len();
-        let overflow = links.split_off(links.len().min(self.link_limit));
+        // Each linked message with its index in the batch (for the overflow spans' attribute).
+        let mut linked: Vec<(usize, Link)> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(index, message)| message.link().map(|link| (index, link)))
+            .collect();
+        let unlinked = messages.len() - linked.len();
+        let overflow = linked.split_off(linked.len().min(self.link_limit));
 
         let mut builder = MessagingSpanBuilder::new(self.system, OperationType::Process, "process")
             .with_destination(self.destination.clone())
-            .with_links(links);
+            .with_links(linked.into_iter().map(|(_, link)| link))
+            .with_attributes(self.attributes);
         if let Some(group) = &self.consumer_group {
             builder = builder.with_consumer_group(group.clone());
-        }
-        for attribute in self.attributes {
-            builder = builder.with_attribute(attribute);
         }
         let mut span = builder.start(instrumentation, parent);
         let count = messages.len() as u64;
@@ -292,18 +288,14 @@ impl BatchSpanBuilder {
         if unlinked > 0 {
             span.set_attribute(KeyValue::new(MQTRACE_BATCH_UNLINKED, unlinked as i64));
         }
+        if !overflow.is_empty() {
+            let link_spans = overflow.len().div_ceil(self.link_limit);
+            span.set_attribute(KeyValue::new(MQTRACE_BATCH_LINK_SPANS, link_spans as i64));
+        }
 
-        let mut link_spans = 0_i64;
-        let mut next = self.link_limit;
-        let mut overflow = overflow.into_iter();
-        loop {
-            let chunk: Vec<Link> = overflow.by_ref().take(self.link_limit).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let tracer = instrumentation.tracer();
-            let chunk_len = chunk.len();
-            let child = tracer
+        let tracer = instrumentation.tracer();
+        for chunk in overflow.chunks(self.link_limit) {
+            tracer
                 .span_builder(BATCH_LINKS_SPAN_NAME)
                 .with_kind(SpanKind::Internal)
                 .with_attributes([
@@ -312,17 +304,12 @@ impl BatchSpanBuilder {
                         semconv::MESSAGING_DESTINATION_NAME,
                         self.destination.clone(),
                     ),
-                    KeyValue::new(MQTRACE_BATCH_FIRST_INDEX, first_index[next] as i64),
-                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, chunk_len as i64),
+                    KeyValue::new(MQTRACE_BATCH_FIRST_INDEX, chunk[0].0 as i64),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, chunk.len() as i64),
                 ])
-                .with_links(chunk)
-                .start_with_context(tracer, span.context());
-            Context::current_with_span(child).span().end();
-            next += chunk_len;
-            link_spans += 1;
-        }
-        if link_spans > 0 {
-            span.set_attribute(KeyValue::new(MQTRACE_BATCH_LINK_SPANS, link_spans));
+                .with_links(chunk.iter().map(|(_, link)| link.clone()).collect())
+                .start_with_context(tracer, span.context())
+                .end();
         }
         BatchSpan { span }
     }
@@ -372,7 +359,9 @@ impl BatchSpan {
 mod tests {
     use super::*;
     use crate::propagation::ExtractOutcome;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
     struct Message {

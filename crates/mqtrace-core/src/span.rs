@@ -190,6 +190,24 @@ pub fn parse_server(brokers: &str) -> Option<(String, i64)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
+/// Links and attributes a caller adds to a span beyond the standard ones (a reply's send
+/// span linking to the batch that produced it, with its decision, for one).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SpanExtras {
+    /// Links.
+    pub links: Vec<Link>,
+    /// Attributes; keep them low-cardinality.
+    pub attributes: Vec<KeyValue>,
+}
+
+impl SpanExtras {
+    /// These links and attributes.
+    pub fn new(links: Vec<Link>, attributes: Vec<KeyValue>) -> Self {
+        Self { links, attributes }
+    }
+}
+
 /// Builds a messaging span with the semconv attributes.
 ///
 /// # Example
@@ -290,6 +308,12 @@ impl MessagingSpanBuilder {
     pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = KeyValue>) -> Self {
         self.attributes.extend(attributes);
         self
+    }
+
+    /// Adds `extras`' links and attributes.
+    pub fn with_extras(self, extras: SpanExtras) -> Self {
+        self.with_links(extras.links)
+            .with_attributes(extras.attributes)
     }
 
     /// Links the span to another span's context (e.g. a message's creation context).

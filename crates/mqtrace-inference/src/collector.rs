@@ -172,18 +172,10 @@ impl<S: MessageSource> BatchCollector<S> {
         (self.source, self.pending)
     }
 
+    /// Hands out the open batch; `next_batch` never lets it grow past `max_batch`.
     fn take_batch(&mut self) -> Vec<S::Message> {
         self.opened_at = None;
-        let rest = if self.pending.len() > self.config.max_batch {
-            self.pending.split_off(self.config.max_batch)
-        } else {
-            Vec::new()
-        };
-        let batch = std::mem::replace(&mut self.pending, rest);
-        if !self.pending.is_empty() {
-            self.opened_at = Some(Instant::now());
-        }
-        batch
+        std::mem::take(&mut self.pending)
     }
 
     /// The next batch: `Ok(None)` once the source has ended or `shutdown` was triggered and

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::metrics::WorkerMetrics;
@@ -233,6 +233,15 @@ impl<M: Model> InstrumentedModel<M> {
     /// Instruments `model`.
     pub fn new(model: M, instrumentation: Instrumentation) -> Self {
         let metrics = WorkerMetrics::new(instrumentation.meter());
+        Self::with_metrics(model, instrumentation, metrics)
+    }
+
+    /// Instruments `model`, recording into instruments the caller already holds.
+    pub fn with_metrics(
+        model: M,
+        instrumentation: Instrumentation,
+        metrics: WorkerMetrics,
+    ) -> Self {
         Self {
             model,
             instrumentation,
@@ -281,14 +290,13 @@ impl<M: Model> InstrumentedModel<M> {
                     phase.duration.as_secs_f64() * 1e3,
                 ));
             }
-            let child = tracer
+            tracer
                 .span_builder(Cow::Borrowed(phase.name))
                 .with_kind(SpanKind::Internal)
                 .with_start_time(start)
                 .with_attributes(attributes)
-                .start_with_context(tracer, &cx);
-            let child_cx = Context::current_with_span(child);
-            child_cx.span().end_with_timestamp(start + phase.duration);
+                .start_with_context(tracer, &cx)
+                .end_with_timestamp(start + phase.duration);
         }
 
         let model_attributes = [

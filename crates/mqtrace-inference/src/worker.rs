@@ -27,7 +27,7 @@ use crate::features::{FeatureStore, PROFILE_FEATURES, UserProfile};
 use crate::metrics::{DEAD_LETTER_REASON, ML_DECISION, WorkerMetrics};
 use crate::model::{InstrumentedModel, Model, ModelError};
 use crate::postprocess::{ML_OUTPUT_SCORE_BUCKET, decide, score_bucket};
-use crate::request::{Finding, REQUEST_FEATURES, Request, feature};
+use crate::request::{Finding, Malformed, REQUEST_FEATURES, Request, feature};
 
 /// Features per model input row: request features, then the user's profile.
 pub const INPUT_WIDTH: usize = REQUEST_FEATURES + PROFILE_FEATURES;
@@ -197,10 +197,9 @@ struct Scored {
 }
 
 /// A request that goes to the dead-letter destination.
-struct DeadLetter {
+struct DeadLetter<'b> {
     index: usize,
-    reason: &'static str,
-    error: String,
+    malformed: &'b Malformed,
 }
 
 fn boxed<E: std::error::Error + Send + Sync + 'static>(
@@ -237,12 +236,13 @@ where
         config: WorkerConfig,
         instrumentation: Instrumentation,
     ) -> Self {
+        let metrics = WorkerMetrics::new(instrumentation.meter());
         Self {
             collector: BatchCollector::new(source, config.batch),
             sink,
             store,
-            model: InstrumentedModel::new(model, instrumentation.clone()),
-            metrics: WorkerMetrics::new(instrumentation.meter()),
+            model: InstrumentedModel::with_metrics(model, instrumentation.clone(), metrics.clone()),
+            metrics,
             instrumentation,
             config,
             stats: WorkerStats::default(),
@@ -372,7 +372,7 @@ where
                 KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
             ],
         );
-        let parsed: Vec<Result<Request, crate::request::Malformed>> =
+        let parsed: Vec<Result<Request, Malformed>> =
             batch.iter().map(|m| Request::parse(m.payload())).collect();
         let user_ids: Vec<&str> = parsed
             .iter()
@@ -410,11 +410,7 @@ where
                             KeyValue::new("mqtrace.batch.index", index as i64),
                         ],
                     );
-                    dead_letters.push(DeadLetter {
-                        index,
-                        reason: malformed.reason(),
-                        error: malformed.to_string(),
-                    });
+                    dead_letters.push(DeadLetter { index, malformed });
                 }
                 Ok(request) => {
                     let profile = profiles.next().and_then(Option::as_ref);
@@ -506,13 +502,15 @@ where
         &mut self,
         batch: &[S::Message],
         batch_cx: &Context,
-        dead_letters: &[DeadLetter],
+        dead_letters: &[DeadLetter<'_>],
     ) -> Result<(), WorkerError> {
         for letter in dead_letters {
             let message = &batch[letter.index];
+            let reason = letter.malformed.reason();
+            let error = letter.malformed.to_string();
             let headers = [
-                (DLQ_REASON_HEADER, letter.reason.as_bytes()),
-                (DLQ_ERROR_HEADER, letter.error.as_bytes()),
+                (DLQ_REASON_HEADER, reason.as_bytes()),
+                (DLQ_ERROR_HEADER, error.as_bytes()),
                 (DLQ_SOURCE_HEADER, message.destination().as_bytes()),
             ];
             let outgoing = Outgoing::new(&self.config.dead_letter_destination, message.payload())
@@ -521,12 +519,12 @@ where
                 .with_message_id(message.message_id());
             let links: Vec<Link> = message.link().into_iter().collect();
             self.send_with_retries(outgoing, batch_cx, &links).await?;
-            self.metrics.record_dead_lettered(letter.reason);
+            self.metrics.record_dead_lettered(reason);
             self.stats.dead_lettered += 1;
             batch_cx.span().add_event(
                 "request.dead_lettered",
                 vec![
-                    KeyValue::new(DEAD_LETTER_REASON, letter.reason),
+                    KeyValue::new(DEAD_LETTER_REASON, reason),
                     KeyValue::new("mqtrace.batch.index", letter.index as i64),
                 ],
             );

@@ -3,11 +3,11 @@
 //! and [`TracedProducer`] is a [`MessageSink`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing};
 use mqtrace_core::propagation::Extracted;
+use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
@@ -136,11 +136,9 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
             return Ok(());
         }
         let mut list = TopicPartitionList::with_capacity(offsets.len());
-        let mut described = String::new();
         for ((topic, partition), offset) in &offsets {
             // Adding to a fresh list cannot fail for a valid offset.
             let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-            let _ = write!(described, "{topic}[{partition}]@{offset} ");
         }
         let topic = offsets.keys().next().map(|(t, _)| *t).unwrap_or_default();
         let same_topic = offsets.keys().all(|(t, _)| *t == topic);
@@ -159,10 +157,12 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
             }
             Err(source) => {
                 span.end_with_error(error_type(&source), source.to_string());
-                Err(Error::CommitBatch {
-                    offsets: described.trim_end().to_owned(),
-                    source,
-                })
+                let offsets = offsets
+                    .iter()
+                    .map(|((topic, partition), offset)| format!("{topic}[{partition}]@{offset}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Err(Error::CommitBatch { offsets, source })
             }
         }
     }
@@ -197,8 +197,8 @@ where
             }
             record = record.headers(headers);
         }
-        let attributes = message.span_attributes.to_vec();
-        self.send_with_links(record, SINK_QUEUE_TIMEOUT, parent, links, attributes)
+        let extras = SpanExtras::new(links, message.span_attributes.to_vec());
+        self.send_with_links(record, SINK_QUEUE_TIMEOUT, parent, extras)
             .await
             .map(drop)
     }

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use mqtrace_core::span::parse_server;
+use mqtrace_core::span::{SpanExtras, parse_server};
 use mqtrace_core::{Instrumentation, KeyCapture, MessagingSpanBuilder, OperationType, semconv};
-use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -146,20 +145,18 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
         P: ToBytes + ?Sized,
         T: Into<Timeout>,
     {
-        self.send_with_links(record, queue_timeout, parent, Vec::new(), Vec::new())
+        self.send_with_links(record, queue_timeout, parent, SpanExtras::default())
             .await
     }
 
-    /// Sends `record` as a child of `parent`, its send span also linking to `links` (a reply
-    /// sent from a batch links to the batch span, for one) and carrying `attributes` (keep
-    /// them low-cardinality).
+    /// Sends `record` as a child of `parent`, its send span also carrying `extras`' links (a
+    /// reply sent from a batch links to the batch span, for one) and attributes.
     pub async fn send_with_links<K, P, T>(
         &self,
         mut record: FutureRecord<'_, K, P>,
         queue_timeout: T,
         parent: &Context,
-        links: Vec<Link>,
-        attributes: Vec<KeyValue>,
+        extras: SpanExtras,
     ) -> Result<Delivery>
     where
         K: ToBytes + ?Sized,
@@ -167,8 +164,7 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
         T: Into<Timeout>,
     {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
-            .with_links(links)
-            .with_attributes(attributes)
+            .with_extras(extras)
             .with_destination(record.topic.to_owned())
             .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()));
         let partition_known = record.partition.is_some();
