@@ -1,6 +1,7 @@
 //! The batch-inference worker end to end on the embedded Kafka: batch spans link every
 //! request, replies stay in their requests' traces, malformed requests are dead-lettered,
-//! and a worker killed mid-batch loses nothing.
+//! a worker killed mid-batch loses nothing, two workers share a group through rebalances,
+//! and profiles come from the real Redis (MQTRACE_REDIS_URL) as well as from memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use mqtrace::core::batch::{MessageSink, Outgoing};
 use mqtrace::inference::cpu::CpuModel;
-use mqtrace::inference::features::InMemoryFeatureStore;
+use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
 use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::{
     BatchConfig, DLQ_REASON_HEADER, INPUT_WIDTH, Shutdown, Worker, WorkerConfig, WorkerStats,
@@ -82,14 +83,43 @@ impl Pipeline {
         partitions: i32,
         config: WorkerConfig,
     ) -> Worker<TracedConsumer, K, InMemoryFeatureStore, CpuModel> {
-        Worker::with_instrumentation(
+        self.worker_with(
             self.consumer(&self.group, &self.requests, partitions),
             sink,
-            InMemoryFeatureStore::generated(100, 7),
+            profiles(),
+            config,
+        )
+    }
+
+    fn worker_with<K: MessageSink, F: FeatureStore>(
+        &self,
+        consumer: TracedConsumer,
+        sink: K,
+        store: F,
+        config: WorkerConfig,
+    ) -> Worker<TracedConsumer, K, F, CpuModel> {
+        Worker::with_instrumentation(
+            consumer,
+            sink,
+            store,
             CpuModel::new("fraud-mlp", "test", Mlp::seeded(INPUT_WIDTH, &[32, 16], 7)),
             config,
             self.capture.instrumentation(),
         )
+    }
+
+    /// A consumer of the request topic that joins `group` (partitions assigned by the group).
+    fn group_member(&self, group: &str, client_id: &str) -> TracedConsumer {
+        let mut config = self.kafka.consumer_config(group);
+        config.set("client.id", client_id);
+        let consumer = TracedConsumer::from_config(&config)
+            .expect("consumer")
+            .with_instrumentation(self.capture.instrumentation());
+        consumer
+            .inner()
+            .subscribe(&[&self.requests])
+            .expect("subscribe");
+        consumer
     }
 
     fn config(&self, max_batch: usize, max_wait: Duration) -> WorkerConfig {
@@ -101,6 +131,15 @@ impl Pipeline {
     /// Sends `bodies`, each in its own `inference.request` trace; returns request id →
     /// that request's trace id.
     async fn send_requests(&self, bodies: &[(String, String)]) -> HashMap<String, TraceId> {
+        self.send_requests_keyed(bodies, |_| "user-1").await
+    }
+
+    /// [`Self::send_requests`] with each request's key chosen by `key` (from its id).
+    async fn send_requests_keyed<'k>(
+        &self,
+        bodies: &'k [(String, String)],
+        key: impl Fn(&'k str) -> &'k str,
+    ) -> HashMap<String, TraceId> {
         let producer = self.producer();
         let tracer = self.capture.tracer_provider().tracer("caller");
         let mut traces = HashMap::new();
@@ -110,7 +149,7 @@ impl Pipeline {
                 .send_with_context(
                     FutureRecord::<str, str>::to(&self.requests)
                         .payload(body)
-                        .key("user-1"),
+                        .key(key(id)),
                     TIMEOUT,
                     &cx,
                 )
@@ -158,21 +197,39 @@ fn request_id(payload: &[u8]) -> String {
     reply["request_id"].as_str().expect("request_id").to_owned()
 }
 
+fn profiles() -> InMemoryFeatureStore {
+    InMemoryFeatureStore::generated(100, 7)
+}
+
 /// Runs `worker` until `replies` replies are on the reply topic, then shuts it down.
-async fn run_until_answered<K: MessageSink + 'static>(
+async fn run_until_answered<K: MessageSink + 'static, F: FeatureStore + 'static>(
     pipeline: &Pipeline,
-    mut worker: Worker<TracedConsumer, K, InMemoryFeatureStore, CpuModel>,
+    worker: Worker<TracedConsumer, K, F, CpuModel>,
     replies: usize,
 ) -> (WorkerStats, Vec<String>) {
-    let shutdown = Shutdown::new();
-    let stop = shutdown.clone();
-    let running = tokio::spawn(async move { worker.run(&stop).await });
-    let answered: Vec<String> = pipeline
-        .read(&pipeline.replies, replies)
-        .await
+    let (stats, answered) = run_until_replied(pipeline, worker, &pipeline.replies, replies).await;
+    let ids = answered
         .iter()
         .map(|m| request_id(m.payload().expect("payload")))
         .collect();
+    (stats, ids)
+}
+
+/// Runs `worker` until `count` replies are on `topic`, then shuts it down; returns its stats
+/// and the replies.
+async fn run_until_replied<K: MessageSink + 'static, F: FeatureStore + 'static>(
+    pipeline: &Pipeline,
+    mut worker: Worker<TracedConsumer, K, F, CpuModel>,
+    topic: &str,
+    count: usize,
+) -> (
+    WorkerStats,
+    Vec<mqtrace::kafka::rdkafka::message::OwnedMessage>,
+) {
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move { worker.run(&stop).await });
+    let answered = pipeline.read(topic, count).await;
     shutdown.trigger();
     let stats = tokio::time::timeout(TIMEOUT, running)
         .await
@@ -584,4 +641,111 @@ async fn per_message_process_spans_put_each_request_in_its_own_trace() {
             .expect("reply in the request's trace");
         spans.assert_child_of(reply, process);
     }
+}
+
+fn redis_url() -> String {
+    std::env::var("MQTRACE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+#[tokio::test]
+async fn profiles_from_redis_score_exactly_like_profiles_from_memory() {
+    let pipeline = Pipeline::new("redis", 1).await;
+    let store = RedisFeatureStore::connect(&redis_url())
+        .await
+        .expect("Redis (scripts/ensure-redis starts it)")
+        .with_key_prefix(format!("{}:", unique_name("mqtrace-test")));
+    assert_eq!(store.load(&profiles()).await.expect("profiles loaded"), 100);
+    // A value that is not a profile: the worker treats it as a missing profile.
+    let mut connection = store.inner().clone();
+    redis::cmd("SET")
+        .arg(store.key("user-5"))
+        .arg("{not a profile")
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("SET");
+
+    let bodies: Vec<_> = (0..60).map(valid_request).collect();
+    pipeline.send_requests(&bodies).await;
+    let config = |replies: &str| {
+        WorkerConfig::new(replies, &pipeline.dead_letters)
+            .with_batch(BatchConfig::new(25, Duration::from_millis(50)))
+    };
+    // The same requests, scored once with Redis and once with the same profiles in memory.
+    let from_redis = pipeline.worker_with(
+        pipeline.consumer(&unique_name("redis"), &pipeline.requests, 1),
+        pipeline.producer(),
+        store.clone(),
+        config(&pipeline.replies),
+    );
+    let (redis_stats, redis_replies) =
+        run_until_replied(&pipeline, from_redis, &pipeline.replies, 60).await;
+    let memory_topic = pipeline
+        .kafka
+        .create_topic("replies-memory", 1)
+        .await
+        .expect("topic");
+    let from_memory = pipeline.worker_with(
+        pipeline.consumer(&unique_name("memory"), &pipeline.requests, 1),
+        pipeline.producer(),
+        profiles(),
+        config(&memory_topic),
+    );
+    let (_, memory_replies) = run_until_replied(&pipeline, from_memory, &memory_topic, 60).await;
+
+    let by_id = |replies: &[mqtrace::kafka::rdkafka::message::OwnedMessage]| {
+        replies
+            .iter()
+            .map(|m| {
+                let payload = m.payload().expect("payload");
+                (request_id(payload), payload.to_vec())
+            })
+            .collect::<HashMap<_, _>>()
+    };
+    let (redis_by_id, memory_by_id) = (by_id(&redis_replies), by_id(&memory_replies));
+    assert_eq!(redis_by_id.len(), 60);
+    for (id, reply) in &memory_by_id {
+        if id != "r-5" {
+            assert_eq!(
+                String::from_utf8_lossy(&redis_by_id[id]),
+                String::from_utf8_lossy(reply),
+                "request {id}: Redis and memory profiles give the same reply"
+            );
+        }
+    }
+
+    let spans = pipeline.capture.spans();
+    let fetches: Vec<_> = spans
+        .named("features.fetch")
+        .into_iter()
+        .filter(|s| spans.attr(s, "db.system.name") == Some(&Value::from("redis")))
+        .collect();
+    assert_eq!(
+        fetches.len() as u64,
+        redis_stats.batches,
+        "one fetch span (one MGET) per batch"
+    );
+    for fetch in &fetches {
+        spans.assert_attr(fetch, "db.operation.name", "MGET");
+        assert!(spans.attr(fetch, "server.address").is_some());
+        assert!(spans.attr(fetch, "server.port").is_some());
+    }
+    assert_eq!(
+        fetches
+            .iter()
+            .flat_map(|s| s.events.iter())
+            .filter(|e| e.name == "feature_store.corrupt_values")
+            .count(),
+        1,
+        "the corrupt profile is reported on its batch's fetch span"
+    );
+    let missing_profiles: f64 = pipeline
+        .capture
+        .metrics()
+        .points("mqtrace.inference.feature.missing")
+        .iter()
+        .filter(|p| p.has("ml.feature.name", "user_profile"))
+        .map(|p| p.value)
+        .sum();
+    assert_eq!(missing_profiles, 1.0, "only r-5's profile was missing");
+    assert_eq!(store.clear().await.expect("clear"), 100);
 }

@@ -1,10 +1,18 @@
 //! Online features: a [`FeatureStore`] answers one lookup per batch with each user's profile.
-//! [`InMemoryFeatureStore`] is the default (profiles generated from a seed).
+//! [`InMemoryFeatureStore`] is the default (profiles generated from a seed);
+//! `RedisFeatureStore` (feature `redis`) asks Redis with one `MGET` per batch.
 
 use std::collections::HashMap;
 use std::future::Future;
 
+use opentelemetry::KeyValue;
+
 use crate::mlp::SplitMix64;
+
+#[cfg(feature = "redis")]
+mod redis_store;
+#[cfg(feature = "redis")]
+pub use redis_store::{DEFAULT_KEY_PREFIX, RedisFeatureStore, decode_profile, encode_profile};
 
 /// Features a user profile contributes to a row.
 pub const PROFILE_FEATURES: usize = 16;
@@ -43,6 +51,12 @@ pub struct FeatureStoreError {
 pub trait FeatureStore: Send + Sync {
     /// `db.system.name` of the store (`redis`), or `in_memory`.
     fn system(&self) -> &'static str;
+
+    /// More attributes for the `features.fetch` span (`server.address`,
+    /// `db.operation.name`...); none by default.
+    fn span_attributes(&self) -> Vec<KeyValue> {
+        Vec::new()
+    }
 
     /// Looks up every user of a batch in one round trip; `None` for unknown users.
     fn fetch(
@@ -102,6 +116,13 @@ impl InMemoryFeatureStore {
     /// Adds or replaces a profile.
     pub fn insert(&mut self, user_id: impl Into<String>, profile: UserProfile) {
         self.profiles.insert(user_id.into(), profile);
+    }
+
+    /// Every profile, by user id (in no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &UserProfile)> {
+        self.profiles
+            .iter()
+            .map(|(id, profile)| (id.as_str(), profile))
     }
 
     /// How many profiles it holds.

@@ -115,6 +115,9 @@ pub struct WorkerStats {
     pub model_seconds: f64,
     /// Seconds spent processing batches (from batch start to settle).
     pub busy_seconds: f64,
+    /// Batches whose replies were all sent but whose commit or ack failed; they will be
+    /// delivered again (to this worker or the one that owns them now).
+    pub settle_failures: u64,
 }
 
 /// Why a worker stopped. Its current batch was not settled, so it will be delivered again.
@@ -265,7 +268,9 @@ where
     }
 
     /// Runs until `shutdown` is triggered (the open batch is still processed) or the source
-    /// ends. On error the current batch is left unsettled, so it is delivered again.
+    /// ends. On error the current batch is left unsettled, so it is delivered again. A batch
+    /// that was answered but could not be settled (see [`WorkerStats::settle_failures`]) does
+    /// not stop the worker.
     pub async fn run(&mut self, shutdown: &Shutdown) -> Result<WorkerStats, WorkerError> {
         loop {
             let batch = self
@@ -276,7 +281,13 @@ where
             let Some(batch) = batch else {
                 return Ok(self.stats);
             };
-            self.process_batch(batch).await?;
+            match self.process_batch(batch).await {
+                // Every reply was sent; only the commit/ack failed (a rebalance took the
+                // partitions, the channel closed). The batch comes back to whoever owns it
+                // now, which is at-least-once: keep going.
+                Err(WorkerError::Settle(_)) => self.stats.settle_failures += 1,
+                other => other?,
+            }
         }
     }
 
@@ -364,14 +375,13 @@ where
         batch_link: Link,
     ) -> Result<(), WorkerError> {
         // features.fetch: decode the requests, look every user up in one round trip.
-        let fetch_cx = self.internal_span(
-            "features.fetch",
-            batch_cx,
-            vec![
-                KeyValue::new("db.system.name", self.store.system()),
-                KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, batch.len() as i64),
-            ],
-        );
+        let mut fetch_attributes = self.store.span_attributes();
+        fetch_attributes.push(KeyValue::new("db.system.name", self.store.system()));
+        fetch_attributes.push(KeyValue::new(
+            semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+            batch.len() as i64,
+        ));
+        let fetch_cx = self.internal_span("features.fetch", batch_cx, fetch_attributes);
         let parsed: Vec<Result<Request, Malformed>> =
             batch.iter().map(|m| Request::parse(m.payload())).collect();
         let user_ids: Vec<&str> = parsed
