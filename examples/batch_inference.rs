@@ -30,7 +30,7 @@ use mqtrace::amqp::lapin::{Connection, ConnectionProperties};
 use mqtrace::core::batch::MessageSink;
 use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace::inference::cpu::CpuModel;
-use mqtrace::inference::features::InMemoryFeatureStore;
+use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
 use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::model::Model;
 use mqtrace::inference::request::MERCHANT_CATEGORIES;
@@ -85,6 +85,10 @@ struct Args {
     /// Send replies over RabbitMQ (queue `inference-replies`) instead of Kafka.
     #[arg(long)]
     amqp_url: Option<String>,
+    /// Look user profiles up in Redis (one MGET per batch) instead of in process memory; the
+    /// demo loads the generated profiles there first (`mqtrace:profile:*` keys).
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Share of requests sent malformed (they go to the dead-letter topic).
     #[arg(long, default_value_t = 0.0)]
     bad_ratio: f64,
@@ -178,14 +182,40 @@ fn record_reply(arrivals: &Arrivals, payload: &[u8]) {
     }
 }
 
+/// Where the workers find user profiles.
+#[derive(Clone)]
+enum Profiles {
+    Memory,
+    Redis(RedisFeatureStore),
+}
+
 async fn run_worker<K: MessageSink>(
     consumer: TracedConsumer,
     sink: K,
+    profiles: Profiles,
     model: Box<dyn Model>,
     config: WorkerConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerStats> {
-    let store = InMemoryFeatureStore::generated(USERS, SEED);
+    match profiles {
+        Profiles::Memory => {
+            let store = InMemoryFeatureStore::generated(USERS, SEED);
+            run_with_store(consumer, sink, store, model, config, shutdown).await
+        }
+        Profiles::Redis(store) => {
+            run_with_store(consumer, sink, store, model, config, shutdown).await
+        }
+    }
+}
+
+async fn run_with_store<K: MessageSink, F: FeatureStore>(
+    consumer: TracedConsumer,
+    sink: K,
+    store: F,
+    model: Box<dyn Model>,
+    config: WorkerConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<WorkerStats> {
     let mut worker = Worker::new(consumer, sink, store, model, config);
     Ok(worker.run(&shutdown).await?)
 }
@@ -307,6 +337,18 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    let profiles = match &args.redis_url {
+        Some(url) => {
+            let store = RedisFeatureStore::connect(url).await?;
+            let loaded = store
+                .load(&InMemoryFeatureStore::generated(USERS, SEED))
+                .await?;
+            eprintln!("features: {loaded} profiles loaded into Redis at {url}");
+            Profiles::Redis(store)
+        }
+        None => Profiles::Memory,
+    };
+
     // The workers: one consumer group, one model each.
     let shutdown = Shutdown::new();
     let config = WorkerConfig::new(REPLIES, DEAD_LETTERS)
@@ -317,22 +359,28 @@ async fn main() -> anyhow::Result<()> {
         .with_per_message_spans(args.per_message_spans);
     let mut workers = Vec::with_capacity(args.workers);
     let mut device_name = String::new();
-    for _ in 0..args.workers.max(1) {
-        let consumer = TracedConsumer::from_config(&kafka.consumer_config("fraud-scorers"))?;
+    for n in 0..args.workers.max(1) {
+        let mut consumer_config = kafka.consumer_config("fraud-scorers");
+        consumer_config.set("client.id", format!("fraud-scorer-{n}"));
+        let consumer = TracedConsumer::from_config(&consumer_config)?;
         consumer.subscribe(&[REQUESTS])?;
         let model = build_model(args.device, &args.hidden)?;
         device_name = format!("{} ({})", model.device().kind.as_str(), model.device().name);
-        let (config, shutdown) = (config.clone(), shutdown.clone());
+        let (config, shutdown, profiles) = (config.clone(), shutdown.clone(), profiles.clone());
         workers.push(match &amqp {
             Some(connection) => {
                 let publisher = mqtrace::amqp::TracedPublisher::open(Arc::clone(connection))
                     .await?
                     .with_server_from_url(args.amqp_url.as_deref().unwrap_or_default());
-                tokio::spawn(run_worker(consumer, publisher, model, config, shutdown))
+                tokio::spawn(run_worker(
+                    consumer, publisher, profiles, model, config, shutdown,
+                ))
             }
             None => {
                 let producer = TracedProducer::from_config(&kafka.producer_config())?;
-                tokio::spawn(run_worker(consumer, producer, model, config, shutdown))
+                tokio::spawn(run_worker(
+                    consumer, producer, profiles, model, config, shutdown,
+                ))
             }
         });
     }

@@ -749,3 +749,196 @@ async fn profiles_from_redis_score_exactly_like_profiles_from_memory() {
     assert_eq!(missing_profiles, 1.0, "only r-5's profile was missing");
     assert_eq!(store.clear().await.expect("clear"), 100);
 }
+
+/// A producer sink that counts what it sent, so a test can tell which worker answered.
+struct CountingSink {
+    inner: TracedProducer,
+    sent: AtomicUsize,
+}
+
+impl MessageSink for CountingSink {
+    type Error = mqtrace::kafka::Error;
+
+    async fn send(
+        &self,
+        message: Outgoing<'_>,
+        parent: &Context,
+        links: Vec<Link>,
+    ) -> Result<(), Self::Error> {
+        MessageSink::send(&self.inner, message, parent, links).await?;
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Reads replies from `reader` until every id of `expected` has been answered; counts every
+/// reply per request id in `answered`.
+async fn await_answers(
+    reader: &TracedConsumer,
+    answered: &mut HashMap<String, usize>,
+    expected: &HashSet<String>,
+) {
+    while !expected.iter().all(|id| answered.contains_key(id)) {
+        let message = tokio::time::timeout(TIMEOUT, reader.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let missing = expected.iter().filter(|id| !answered.contains_key(*id));
+                panic!(
+                    "unanswered after {TIMEOUT:?}: {:?}",
+                    missing.collect::<Vec<_>>()
+                )
+            })
+            .expect("reply");
+        *answered
+            .entry(request_id(message.payload().expect("payload")))
+            .or_default() += 1;
+    }
+}
+
+#[tokio::test]
+async fn two_workers_in_one_group_answer_everything_through_rebalances() {
+    let pipeline = Pipeline::new("rebalance", 4).await;
+    let config = || pipeline.config(20, Duration::from_millis(20));
+    let spawn = |mut worker: Worker<_, _, InMemoryFeatureStore, CpuModel>| {
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        (
+            shutdown,
+            tokio::spawn(async move { worker.run(&stop).await }),
+        )
+    };
+    let sink = || {
+        Arc::new(CountingSink {
+            inner: pipeline.producer(),
+            sent: AtomicUsize::new(0),
+        })
+    };
+    let reader = pipeline.consumer(&unique_name("reader"), &pipeline.replies, 1);
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    let mut traces: HashMap<String, TraceId> = HashMap::new();
+    let mut next_request = 0;
+    // Requests keyed by their own id, so they spread over the 4 partitions.
+    let mut send = async |count: usize| {
+        let bodies: Vec<_> = (next_request..next_request + count)
+            .map(valid_request)
+            .collect();
+        next_request += count;
+        let sent = pipeline.send_requests_keyed(&bodies, |id| id).await;
+        traces.extend(sent.clone());
+        sent.into_keys().collect::<HashSet<_>>()
+    };
+
+    // Worker A alone owns the 4 partitions.
+    let a_sink = sink();
+    let (stop_a, a) = spawn(pipeline.worker_with(
+        pipeline.group_member(&pipeline.group, "worker-a"),
+        SharedSink(Arc::clone(&a_sink)),
+        profiles(),
+        config(),
+    ));
+    let first = send(100).await;
+    await_answers(&reader, &mut answered, &first).await;
+
+    // Worker B joins: the group rebalances while requests keep coming, until B answers some.
+    let b_sink = sink();
+    let (stop_b, b) = spawn(pipeline.worker_with(
+        pipeline.group_member(&pipeline.group, "worker-b"),
+        SharedSink(Arc::clone(&b_sink)),
+        profiles(),
+        config(),
+    ));
+    let mut rounds = 0;
+    while b_sink.sent.load(Ordering::SeqCst) == 0 {
+        rounds += 1;
+        assert!(rounds <= 60, "worker B never got a partition");
+        let round = send(20).await;
+        await_answers(&reader, &mut answered, &round).await;
+    }
+
+    // Worker A leaves (graceful: its open batch is answered and committed); B takes over.
+    stop_a.trigger();
+    let a_stats = tokio::time::timeout(TIMEOUT, a)
+        .await
+        .expect("A stops")
+        .expect("A's task")
+        .expect("A ran");
+    let last = send(100).await;
+    await_answers(&reader, &mut answered, &last).await;
+    stop_b.trigger();
+    let b_stats = tokio::time::timeout(TIMEOUT, b)
+        .await
+        .expect("B stops")
+        .expect("B's task")
+        .expect("B ran");
+
+    // Every request answered; every delivery answered exactly once.
+    let all: HashSet<String> = traces.keys().cloned().collect();
+    assert_eq!(answered.keys().cloned().collect::<HashSet<_>>(), all);
+    assert!(
+        a_stats.messages > 0 && b_stats.messages > 0,
+        "{a_stats:?} {b_stats:?}"
+    );
+    assert_eq!(
+        a_stats.replies + b_stats.replies,
+        a_stats.messages + b_stats.messages,
+        "one reply per delivery"
+    );
+    assert_eq!(
+        (a_sink.sent.load(Ordering::SeqCst) + b_sink.sent.load(Ordering::SeqCst)) as u64,
+        a_stats.replies + b_stats.replies
+    );
+    let replies_on_topic: usize = answered.values().sum();
+    let delivered = (a_stats.replies + b_stats.replies) as usize;
+    assert!(replies_on_topic <= delivered);
+    let rest: Vec<_> = pipeline.read(&pipeline.replies, delivered).await;
+    assert_eq!(
+        rest.len(),
+        delivered,
+        "the reply topic holds one reply per delivery"
+    );
+
+    // Each batch span belongs to one worker; every request's journey is intact: its reply's
+    // send span is in the request's trace and links to a batch span that links back to the
+    // request.
+    let spans = pipeline.capture.spans();
+    let batches: HashMap<SpanId, &SpanData> = spans
+        .named(&format!("process {}", pipeline.requests))
+        .into_iter()
+        .map(|b| (b.span_context.span_id(), b))
+        .collect();
+    let mut workers_seen = HashSet::new();
+    for batch in batches.values() {
+        match spans.attr(batch, "messaging.client.id") {
+            Some(Value::String(id)) => workers_seen.insert(id.as_str().to_owned()),
+            other => panic!("batch span without messaging.client.id: {other:?}"),
+        };
+    }
+    assert_eq!(
+        workers_seen,
+        HashSet::from(["worker-a".to_owned(), "worker-b".to_owned()])
+    );
+    let reply_name = format!("send {}", pipeline.replies);
+    for (id, trace) in &traces {
+        let journey = spans.in_trace(*trace);
+        let request_send = journey
+            .iter()
+            .find(|s| s.name == format!("send {}", pipeline.requests))
+            .unwrap_or_else(|| panic!("{id}: request send span"));
+        let reply = journey
+            .iter()
+            .find(|s| s.name == reply_name)
+            .unwrap_or_else(|| panic!("{id}: no reply span in the request's trace"));
+        spans.assert_child_of(reply, request_send);
+        let batch = reply
+            .links
+            .iter()
+            .find_map(|l| batches.get(&l.span_context.span_id()))
+            .unwrap_or_else(|| panic!("{id}: the reply links to no batch"));
+        assert!(
+            batch_links(&spans, batch)
+                .iter()
+                .any(|l| l.span_context.span_id() == request_send.span_context.span_id()),
+            "{id}: its batch links back to the request"
+        );
+    }
+}

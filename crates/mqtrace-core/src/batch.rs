@@ -101,6 +101,12 @@ pub trait MessageSource: Send {
         None
     }
 
+    /// `messaging.client.id`: which client this is (Kafka's `client.id`), so that the batch
+    /// spans of several workers in one group can be told apart.
+    fn client_id(&self) -> Option<&str> {
+        None
+    }
+
     /// The next message, or `None` when the source has ended. Cancel-safe.
     fn next_message(
         &mut self,
@@ -219,6 +225,7 @@ pub struct BatchSpanBuilder {
     system: &'static str,
     destination: String,
     consumer_group: Option<String>,
+    client_id: Option<String>,
     link_limit: usize,
     attributes: Vec<KeyValue>,
 }
@@ -231,6 +238,7 @@ impl BatchSpanBuilder {
             system,
             destination: destination.into(),
             consumer_group: None,
+            client_id: None,
             link_limit: link_limit_from_env(),
             attributes: Vec::new(),
         }
@@ -245,6 +253,12 @@ impl BatchSpanBuilder {
     /// `messaging.consumer.group.name`.
     pub fn with_consumer_group(mut self, group: Option<impl Into<String>>) -> Self {
         self.consumer_group = group.map(Into::into);
+        self
+    }
+
+    /// `messaging.client.id`.
+    pub fn with_client_id(mut self, client_id: Option<impl Into<String>>) -> Self {
+        self.client_id = client_id.map(Into::into);
         self
     }
 
@@ -277,6 +291,9 @@ impl BatchSpanBuilder {
             .with_attributes(self.attributes);
         if let Some(group) = &self.consumer_group {
             builder = builder.with_consumer_group(group.clone());
+        }
+        if let Some(client_id) = &self.client_id {
+            builder = builder.with_client_id(client_id.clone());
         }
         let mut span = builder.start(instrumentation, parent);
         let count = messages.len() as u64;

@@ -276,6 +276,14 @@ impl MessagingSpanBuilder {
         self
     }
 
+    /// `messaging.client.id`: which client (worker instance) did this.
+    pub fn with_client_id(self, id: impl Into<StringValue>) -> Self {
+        self.with_attribute(KeyValue::new(
+            semconv::MESSAGING_CLIENT_ID,
+            Value::String(id.into()),
+        ))
+    }
+
     /// `messaging.message.id`.
     pub fn with_message_id(self, id: impl Into<StringValue>) -> Self {
         self.with_attribute(KeyValue::new(

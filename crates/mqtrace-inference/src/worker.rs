@@ -316,6 +316,7 @@ where
         let batch_span = BatchSpanBuilder::new(source.system(), destination.clone())
             .with_link_limit(self.config.link_limit)
             .with_consumer_group(source.consumer_group())
+            .with_client_id(source.client_id())
             .start(&self.instrumentation, &batch, &Context::new());
         let batch_cx = batch_span.context().clone();
 

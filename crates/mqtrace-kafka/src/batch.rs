@@ -115,6 +115,10 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
         self.group.as_deref()
     }
 
+    fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
     /// Cancel-safe, like rdkafka's `StreamConsumer::recv`.
     async fn next_message(&mut self) -> Option<Result<OwnedTracedMessage, Error>> {
         Some(self.recv().await.map(|message| message.detach()))

@@ -134,6 +134,7 @@ pub struct TracedConsumer<C: ConsumerContext + 'static = DefaultConsumerContext>
     parent_mode: ParentMode,
     key_capture: KeyCapture,
     pub(crate) group: Option<String>,
+    pub(crate) client_id: Option<String>,
     server: Option<(String, i64)>,
 }
 
@@ -150,8 +151,8 @@ impl<C: ConsumerContext + 'static> fmt::Debug for TracedConsumer<C> {
 }
 
 impl TracedConsumer<DefaultConsumerContext> {
-    /// Creates the consumer from `config`; the consumer group and `server.address` come from
-    /// its `group.id` and `bootstrap.servers`.
+    /// Creates the consumer from `config`; the consumer group, `messaging.client.id` and
+    /// `server.address` come from its `group.id`, `client.id` and `bootstrap.servers`.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
         let inner: StreamConsumer = config.create().map_err(|source| Error::Create {
             client: "consumer",
@@ -159,6 +160,7 @@ impl TracedConsumer<DefaultConsumerContext> {
         })?;
         let mut consumer = Self::new(inner);
         consumer.group = config.get("group.id").map(str::to_owned);
+        consumer.client_id = config.get("client.id").map(str::to_owned);
         consumer.server = config.get("bootstrap.servers").and_then(parse_server);
         Ok(consumer)
     }
@@ -173,6 +175,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             parent_mode: ParentMode::default(),
             key_capture: KeyCapture::Off,
             group: None,
+            client_id: None,
             server: None,
         }
     }
@@ -198,6 +201,12 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// `messaging.consumer.group.name` (set by [`TracedConsumer::from_config`]).
     pub fn with_group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
+        self
+    }
+
+    /// `messaging.client.id` (set by [`TracedConsumer::from_config`] from `client.id`).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
         self
     }
 
@@ -315,6 +324,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     ) -> MessagingSpanBuilder {
         if let Some(group) = &self.group {
             builder = builder.with_consumer_group(group.clone());
+        }
+        if let Some(client_id) = &self.client_id {
+            builder = builder.with_client_id(client_id.clone());
         }
         if let Some((address, port)) = &self.server {
             builder = builder.with_server(address.clone(), *port);
