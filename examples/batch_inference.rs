@@ -39,8 +39,11 @@ use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer,
+};
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 const REQUESTS: &str = "inference-requests";
 const REPLIES: &str = "inference-replies";
@@ -409,14 +412,24 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(Mutex::new(HashMap::with_capacity(args.messages)));
     if generate {
         // Warm-up: one request answered means both consumer groups have joined (a few
-        // seconds on any Kafka), so the timed run measures the service, not the join.
+        // seconds on any Kafka), so the timed run measures the service, not the join. It is
+        // sent in an unsampled trace, so it leaves no journey of its own behind.
         let producer = TracedProducer::from_config(&kafka.producer_config())?;
         let body = request_body(usize::MAX / 2, false)
             .replace("\"request_id\":\"r-", "\"request_id\":\"warmup-");
+        let ids = RandomIdGenerator::default();
+        let unsampled = Context::new().with_remote_span_context(SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        ));
         producer
-            .send(
+            .send_with_context(
                 FutureRecord::to(REQUESTS).payload(&body).key("warmup"),
                 Duration::from_secs(30),
+                &unsampled,
             )
             .await?;
         let joined = Instant::now();
@@ -619,6 +632,17 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("  summary             {}", path.display());
+    }
+    if let Destination::Files { dir } = telemetry.destination() {
+        // what `mqtrace journeys` makes of this run: stage table, slowest requests, a page
+        let report = dir.join("journeys.html");
+        println!("  journeys report     {}", report.display());
+        println!(
+            "    cargo run -q --release -p mqtrace-cli -- journeys {} --html {} && xdg-open {}",
+            dir.display(),
+            report.display(),
+            report.display()
+        );
     }
     if let Some(connection) = &amqp {
         let channel = connection.create_channel().await?;

@@ -9,9 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::amqp::{AmqpHarness, TIMEOUT, next};
-use mqtrace::amqp::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use mqtrace::amqp::lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeclareOptions};
 use mqtrace::amqp::lapin::types::{AMQPValue, FieldTable};
 use mqtrace::amqp::lapin::{BasicProperties, Channel};
 use mqtrace::amqp::{TracedConsumer, TracedPublisher};
@@ -34,23 +32,7 @@ async fn worker(
     Channel,
     Worker<TracedConsumer, TracedPublisher, InMemoryFeatureStore, CpuModel>,
 ) {
-    let channel = h.rabbit.channel().await.expect("channel");
-    channel
-        .basic_qos(50, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let source = TracedConsumer::new(consumer)
-        .with_instrumentation(h.capture.instrumentation())
-        .with_server_from_url(h.rabbit.url());
+    let (channel, source) = h.consumer_with_prefetch(queue, 50).await;
     let worker = Worker::with_instrumentation(
         source,
         h.publisher().await,

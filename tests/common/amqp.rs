@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use mqtrace::amqp::lapin::BasicProperties;
-use mqtrace::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use mqtrace::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use mqtrace::amqp::lapin::types::{AMQPValue, FieldTable};
+use mqtrace::amqp::lapin::{BasicProperties, Channel};
 use mqtrace::amqp::{TracedConsumer, TracedDelivery, TracedPublisher};
 use mqtrace_testkit::amqp::RabbitFixture;
 use mqtrace_testkit::capture::TelemetryCapture;
@@ -38,7 +38,26 @@ impl AmqpHarness {
     }
 
     pub async fn consumer_of(&self, queue: &str) -> TracedConsumer {
+        self.consumer_on(self.rabbit.channel().await.expect("channel"), queue)
+            .await
+    }
+
+    /// A consumer of `queue` on its own channel with at most `prefetch` unacknowledged
+    /// deliveries; the channel is returned too (closing it gives back unacked deliveries).
+    pub async fn consumer_with_prefetch(
+        &self,
+        queue: &str,
+        prefetch: u16,
+    ) -> (Channel, TracedConsumer) {
         let channel = self.rabbit.channel().await.expect("channel");
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        (channel.clone(), self.consumer_on(channel, queue).await)
+    }
+
+    async fn consumer_on(&self, channel: Channel, queue: &str) -> TracedConsumer {
         let consumer = channel
             .basic_consume(
                 queue.into(),

@@ -4,12 +4,17 @@
 //!   mock cluster (a real Kafka-protocol broker) in this process, prints
 //!   `bootstrap=HOST:PORT[,...]` as its first line of standard output, and serves any Kafka
 //!   client (rdkafka, kcat, Python) until Ctrl-C or `--duration`.
+//! - `mqtrace journeys [FILE|DIR]...`: each request's journey rebuilt from exported OTLP-JSON
+//!   traces (see [`mqtrace_cli::journeys`]): a stage table, the slowest requests, the broken
+//!   ones; `--json` for machines, `--html PATH` for a page with a timeline.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mqtrace_cli::journeys::{MAX_ROWS, Report, SpanSet, rebuild, render_html};
 use mqtrace_testkit::kafka::EmbeddedKafka;
 
 #[derive(Debug, Parser)]
@@ -27,6 +32,25 @@ struct Cli {
 enum Command {
     /// Run an embedded Kafka broker (librdkafka's mock cluster) for local development.
     MockKafka(MockKafkaArgs),
+    /// Rebuild each request's journey (queue, batch, model, reply) from exported traces.
+    Journeys(JourneysArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JourneysArgs {
+    /// OTLP-JSON lines files, or directories holding them (traces*.jsonl, Collector file
+    /// exporter output).
+    #[arg(default_value = "telemetry")]
+    paths: Vec<PathBuf>,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with a timeline of the slowest requests.
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
+    /// How many of the slowest requests to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +73,50 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::MockKafka(args) => mock_kafka(args),
+        Command::Journeys(args) => journeys(args),
     }
+}
+
+fn journeys(args: JourneysArgs) -> Result<()> {
+    let mut spans = SpanSet::new();
+    for path in &args.paths {
+        spans.read_path(path)?;
+    }
+    for error in spans.errors.iter().take(10) {
+        eprintln!("mqtrace journeys: skipped {error}");
+    }
+    if spans.errors.len() > 10 {
+        eprintln!(
+            "mqtrace journeys: ... and {} more unreadable lines",
+            spans.errors.len() - 10
+        );
+    }
+    let journeys = rebuild(&spans);
+    // The HTML page shows up to MAX_ROWS of the slowest requests, whatever --top says.
+    let report = Report::new(&journeys, &spans.errors, args.top.max(MAX_ROWS));
+    let listed = Report::new(&journeys, &spans.errors, args.top);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&listed.to_json())?);
+    } else {
+        print!("{}", listed.to_text());
+    }
+    if let Some(path) = &args.html {
+        let source = args
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(path, render_html(&report, &source))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("mqtrace journeys: wrote {}", path.display());
+    }
+    if journeys.journeys.is_empty() {
+        eprintln!(
+            "mqtrace journeys: no requests found: no PRODUCER span goes to a destination that a batch span (CONSUMER with messaging.batch.message_count) consumes"
+        );
+    }
+    Ok(())
 }
 
 fn mock_kafka(args: MockKafkaArgs) -> Result<()> {

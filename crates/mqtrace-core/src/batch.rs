@@ -268,6 +268,12 @@ impl BatchSpanBuilder {
         self
     }
 
+    /// Extra attributes on the batch span.
+    pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = KeyValue>) -> Self {
+        self.attributes.extend(attributes);
+        self
+    }
+
     /// Starts the batch span as a child of `parent` (usually an empty context: a batch span
     /// roots its own trace) and links it to `messages`.
     pub fn start<M: InboundMessage>(

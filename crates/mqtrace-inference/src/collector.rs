@@ -125,6 +125,7 @@ pub struct BatchCollector<S: MessageSource> {
     config: BatchConfig,
     pending: Vec<S::Message>,
     opened_at: Option<Instant>,
+    last_formation: Option<Duration>,
     deferred_error: Option<S::Error>,
     ended: bool,
 }
@@ -147,6 +148,7 @@ impl<S: MessageSource> BatchCollector<S> {
             config: BatchConfig::new(config.max_batch, config.max_wait),
             pending: Vec::new(),
             opened_at: None,
+            last_formation: None,
             deferred_error: None,
             ended: false,
         }
@@ -174,8 +176,14 @@ impl<S: MessageSource> BatchCollector<S> {
 
     /// Hands out the open batch; `next_batch` never lets it grow past `max_batch`.
     fn take_batch(&mut self) -> Vec<S::Message> {
-        self.opened_at = None;
+        self.last_formation = self.opened_at.take().map(|opened| opened.elapsed());
         std::mem::take(&mut self.pending)
+    }
+
+    /// How long the batch last returned by [`BatchCollector::next_batch`] took to form: from
+    /// its first message's arrival to its hand-out.
+    pub fn last_formation(&self) -> Option<Duration> {
+        self.last_formation
     }
 
     /// The next batch: `Ok(None)` once the source has ended or `shutdown` was triggered and

@@ -36,6 +36,6 @@ mod worker;
 
 pub use collector::{BatchCollector, BatchConfig, Shutdown};
 pub use worker::{
-    DLQ_ERROR_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, INPUT_WIDTH, Worker, WorkerConfig,
-    WorkerError, WorkerStats,
+    DLQ_ERROR_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, INPUT_WIDTH,
+    MQTRACE_BATCH_FORMATION_MS, Worker, WorkerConfig, WorkerError, WorkerStats,
 };

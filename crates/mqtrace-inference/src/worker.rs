@@ -32,6 +32,11 @@ use crate::request::{Finding, Malformed, REQUEST_FEATURES, Request, feature};
 /// Features per model input row: request features, then the user's profile.
 pub const INPUT_WIDTH: usize = REQUEST_FEATURES + PROFILE_FEATURES;
 
+/// Batch span attribute: how long the batch took to form (first message received → batch
+/// handed to the worker), in milliseconds. `mqtrace journeys` splits queue wait from batch
+/// wait with it.
+pub const MQTRACE_BATCH_FORMATION_MS: &str = "mqtrace.batch.formation_ms";
+
 /// Dead-letter header: why the request could not be scored (`not_json`, `missing_field`...).
 pub const DLQ_REASON_HEADER: &str = "mqtrace.dlq.reason";
 /// Dead-letter header: the validation error in words.
@@ -281,7 +286,8 @@ where
             let Some(batch) = batch else {
                 return Ok(self.stats);
             };
-            match self.process_batch(batch).await {
+            let formation = self.collector.last_formation();
+            match self.process_formed(batch, formation).await {
                 // Every reply was sent; only the commit/ack failed (a rebalance took the
                 // partitions, the channel closed). The batch comes back to whoever owns it
                 // now, which is at-least-once: keep going.
@@ -293,6 +299,16 @@ where
 
     /// Processes, answers and settles one batch.
     pub async fn process_batch(&mut self, batch: Vec<S::Message>) -> Result<(), WorkerError> {
+        self.process_formed(batch, None).await
+    }
+
+    /// [`Worker::process_batch`] for a batch that took `formation` to collect (recorded on the
+    /// batch span as [`MQTRACE_BATCH_FORMATION_MS`]).
+    async fn process_formed(
+        &mut self,
+        batch: Vec<S::Message>,
+        formation: Option<Duration>,
+    ) -> Result<(), WorkerError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -317,6 +333,9 @@ where
             .with_link_limit(self.config.link_limit)
             .with_consumer_group(source.consumer_group())
             .with_client_id(source.client_id())
+            .with_attributes(formation.map(|formation| {
+                KeyValue::new(MQTRACE_BATCH_FORMATION_MS, formation.as_secs_f64() * 1e3)
+            }))
             .start(&self.instrumentation, &batch, &Context::new());
         let batch_cx = batch_span.context().clone();
 

@@ -1,0 +1,310 @@
+//! The run's summary of journeys: counts, stage percentiles over complete journeys, the
+//! slowest requests, and the broken ones with their reasons — as a text table or as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::otlp_json::LineError;
+use super::rebuild::{BrokenReason, Journey, Journeys, Outcome, Stage};
+
+/// p50/p95/p99 of one stage, in ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `values` (sorted here).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        if values.is_empty() {
+            return Self {
+                p50: 0.0,
+                p95: 0.0,
+                p99: 0.0,
+                mean: 0.0,
+            };
+        }
+        values.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let index = ((p / 100.0) * values.len() as f64).ceil() as usize;
+            values[index.clamp(1, values.len()) - 1]
+        };
+        Self {
+            p50: rank(50.0),
+            p95: rank(95.0),
+            p99: rank(99.0),
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+        }
+    }
+}
+
+/// The summary of a set of journeys.
+#[derive(Debug)]
+pub struct Report<'j> {
+    /// The journeys.
+    pub journeys: &'j Journeys,
+    /// Lines that could not be read.
+    pub line_errors: &'j [LineError],
+    /// Per stage, over complete journeys (a stage a journey skipped counts as 0).
+    pub stages: Vec<(Stage, Percentiles)>,
+    /// End-to-end latency over complete journeys.
+    pub end_to_end: Percentiles,
+    /// The slowest complete journeys, slowest first.
+    pub slowest: Vec<&'j Journey>,
+    /// The broken journeys.
+    pub broken: Vec<(&'j Journey, BrokenReason)>,
+    /// Complete journeys.
+    pub complete: usize,
+    /// Dead-lettered requests.
+    pub dead_lettered: usize,
+    /// Requests delivered more than once.
+    pub redelivered: usize,
+}
+
+impl<'j> Report<'j> {
+    /// Summarises `journeys`, keeping the `top` slowest.
+    pub fn new(journeys: &'j Journeys, line_errors: &'j [LineError], top: usize) -> Self {
+        let complete: Vec<&Journey> = journeys
+            .journeys
+            .iter()
+            .filter(|j| j.outcome == Outcome::Complete)
+            .collect();
+        let stages = Stage::ALL
+            .into_iter()
+            .map(|stage| {
+                let values = complete.iter().map(|j| j.stage_ms(stage)).collect();
+                (stage, Percentiles::of(values))
+            })
+            .collect();
+        let end_to_end = Percentiles::of(complete.iter().map(|j| j.total_ms()).collect());
+        let mut slowest = complete.clone();
+        slowest.sort_by(|a, b| b.total_ms().total_cmp(&a.total_ms()));
+        slowest.truncate(top);
+        let broken = journeys
+            .journeys
+            .iter()
+            .filter_map(|j| match j.outcome {
+                Outcome::Broken(reason) => Some((j, reason)),
+                _ => None,
+            })
+            .collect();
+        Self {
+            journeys,
+            line_errors,
+            stages,
+            end_to_end,
+            slowest,
+            broken,
+            complete: complete.len(),
+            dead_lettered: journeys
+                .journeys
+                .iter()
+                .filter(|j| j.outcome == Outcome::DeadLettered)
+                .count(),
+            redelivered: journeys
+                .journeys
+                .iter()
+                .filter(|j| j.deliveries > 1)
+                .count(),
+        }
+    }
+
+    /// Broken journeys per reason.
+    pub fn broken_by_reason(&self) -> BTreeMap<BrokenReason, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, reason) in &self.broken {
+            *counts.entry(*reason).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The report as JSON: `requests`, `complete`, `broken`, `dead_lettered`, `stages`
+    /// (`{name: {p50_ms, p95_ms, p99_ms, mean_ms}}`), `end_to_end`, `slowest`
+    /// (`[{trace_id, total_ms, batch_span_id, stages, critical_path, phases}]`),
+    /// `broken_journeys` (`[{trace_id, span_id, reason, explanation}]`), `line_errors`.
+    pub fn to_json(&self) -> Value {
+        let percentiles = |p: &Percentiles| json!({"p50_ms": p.p50, "p95_ms": p.p95, "p99_ms": p.p99, "mean_ms": p.mean});
+        let stages: serde_json::Map<String, Value> = self
+            .stages
+            .iter()
+            .map(|(stage, p)| (stage.as_str().to_owned(), percentiles(p)))
+            .collect();
+        let slowest: Vec<Value> = self.slowest.iter().map(|j| journey_json(j)).collect();
+        let broken: Vec<Value> = self
+            .broken
+            .iter()
+            .map(|(j, reason)| {
+                json!({
+                    "trace_id": format!("{:032x}", j.request.trace_id),
+                    "span_id": format!("{:016x}", j.request.span_id),
+                    "reason": reason.as_str(),
+                    "explanation": reason.explain(),
+                })
+            })
+            .collect();
+        json!({
+            "requests": self.journeys.journeys.len(),
+            "complete": self.complete,
+            "broken": self.broken.len(),
+            "dead_lettered": self.dead_lettered,
+            "redelivered": self.redelivered,
+            "batches": self.journeys.batches,
+            "spans": self.journeys.spans,
+            "stages": stages,
+            "end_to_end": percentiles(&self.end_to_end),
+            "broken_by_reason": self
+                .broken_by_reason()
+                .into_iter()
+                .map(|(reason, count)| (reason.as_str().to_owned(), json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
+            "slowest": slowest,
+            "broken_journeys": broken,
+            "line_errors": self.line_errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The report as a text table.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "journeys: {} requests, {} complete, {} dead-lettered, {} broken ({} batches, {} spans read)",
+            self.journeys.journeys.len(),
+            self.complete,
+            self.dead_lettered,
+            self.broken.len(),
+            self.journeys.batches,
+            self.journeys.spans,
+        );
+        if self.redelivered > 0 {
+            let _ = writeln!(
+                out,
+                "  {} requests were delivered more than once",
+                self.redelivered
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>7}",
+            "stage", "p50 ms", "p95 ms", "p99 ms", "mean ms", "share"
+        );
+        let total_mean = self.end_to_end.mean.max(f64::MIN_POSITIVE);
+        for (stage, p) in &self.stages {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>6.1}%",
+                stage.as_str(),
+                p.p50,
+                p.p95,
+                p.p99,
+                p.mean,
+                p.mean / total_mean * 100.0
+            );
+        }
+        let e = &self.end_to_end;
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            "end_to_end", e.p50, e.p95, e.p99, e.mean
+        );
+        if !self.slowest.is_empty() {
+            let _ = writeln!(out, "\nslowest requests:");
+            for journey in &self.slowest {
+                let _ = writeln!(
+                    out,
+                    "  {:032x}  {:>9.2} ms  mostly {}  path: {}",
+                    journey.request.trace_id,
+                    journey.total_ms(),
+                    journey.dominant().map(Stage::as_str).unwrap_or("-"),
+                    journey
+                        .critical_path()
+                        .filter(|s| s.ms() >= 0.05)
+                        .map(|s| format!("{} {:.1}", s.stage, s.ms()))
+                        .collect::<Vec<_>>()
+                        .join(" > ")
+                );
+            }
+        }
+        if !self.broken.is_empty() {
+            let _ = writeln!(out, "\nbroken journeys:");
+            for (reason, count) in self.broken_by_reason() {
+                let _ = writeln!(
+                    out,
+                    "  {count:>6} {}: {}",
+                    reason.as_str(),
+                    reason.explain()
+                );
+            }
+            for (journey, reason) in self.broken.iter().take(20) {
+                let _ = writeln!(
+                    out,
+                    "  {:032x}  {}",
+                    journey.request.trace_id,
+                    reason.as_str()
+                );
+            }
+            if self.broken.len() > 20 {
+                let _ = writeln!(
+                    out,
+                    "  ... {} more (--json lists all)",
+                    self.broken.len() - 20
+                );
+            }
+        }
+        if !self.line_errors.is_empty() {
+            let _ = writeln!(out, "\n{} unreadable line(s):", self.line_errors.len());
+            for error in self.line_errors.iter().take(10) {
+                let _ = writeln!(out, "  {error}");
+            }
+        }
+        out
+    }
+}
+
+/// One journey as JSON.
+pub fn journey_json(journey: &Journey) -> Value {
+    let stages: serde_json::Map<String, Value> = Stage::ALL
+        .into_iter()
+        .map(|stage| (stage.as_str().to_owned(), json!(journey.stage_ms(stage))))
+        .collect();
+    json!({
+        "trace_id": format!("{:032x}", journey.request.trace_id),
+        "total_ms": journey.total_ms(),
+        "batch_span_id": journey.batch.map(|b| format!("{:016x}", b.span_id)),
+        "dominant_stage": journey.dominant().map(Stage::as_str),
+        "stages": stages,
+        "critical_path": journey.critical_path().map(|s| json!({
+            "stage": s.stage.as_str(),
+            "ms": s.ms(),
+            "span_id": s.span.map(|id| format!("{:016x}", id.span_id)),
+        })).collect::<Vec<_>>(),
+        "phases": journey.phases.iter().map(|p| json!({
+            "name": p.name, "ms": p.ms, "device_ms": p.device_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect());
+        assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
+        assert_eq!(p.mean, 50.5);
+        let one = Percentiles::of(vec![7.0]);
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        assert_eq!(Percentiles::of(Vec::new()).p50, 0.0);
+    }
+}
