@@ -92,14 +92,9 @@ fn journeys(args: JourneysArgs) -> Result<()> {
         );
     }
     let journeys = rebuild(&spans);
-    // The HTML page shows up to MAX_ROWS of the slowest requests, whatever --top says.
-    let report = Report::new(&journeys, &spans.errors, args.top.max(MAX_ROWS));
-    let listed = Report::new(&journeys, &spans.errors, args.top);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&listed.to_json())?);
-    } else {
-        print!("{}", listed.to_text());
-    }
+    // The HTML page shows up to MAX_ROWS of the slowest requests, whatever --top says; the
+    // listing then keeps the --top slowest of them.
+    let mut report = Report::new(&journeys, &spans.errors, args.top.max(MAX_ROWS));
     if let Some(path) = &args.html {
         let source = args
             .paths
@@ -110,6 +105,12 @@ fn journeys(args: JourneysArgs) -> Result<()> {
         std::fs::write(path, render_html(&report, &source))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("mqtrace journeys: wrote {}", path.display());
+    }
+    report.slowest.truncate(args.top);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
     }
     if journeys.journeys.is_empty() {
         eprintln!(

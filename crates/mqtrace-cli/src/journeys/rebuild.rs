@@ -295,6 +295,11 @@ impl<'s> Index<'s> {
         }
     }
 
+    /// Whether `id` is a batch span that was read.
+    fn is_batch(&self, id: &SpanRef) -> bool {
+        self.by_id.get(id).is_some_and(|i| self.batches.contains(i))
+    }
+
     fn get(&self, id: SpanRef) -> Option<&'s SpanRecord> {
         self.by_id.get(&id).map(|&i| &self.spans[i])
     }
@@ -386,12 +391,7 @@ fn rebuild_one(index: &Index<'_>, request: &SpanRecord) -> Journey {
         .collect();
     replies.sort_by_key(|s| (s.end_ns, s.id));
     let reply_batch = |reply: &SpanRecord| -> Option<SpanRef> {
-        reply.links.iter().copied().find(|l| {
-            index
-                .by_id
-                .get(l)
-                .is_some_and(|i| index.batches.contains(i))
-        })
+        reply.links.iter().copied().find(|l| index.is_batch(l))
     };
     let reply = replies
         .iter()
@@ -419,12 +419,7 @@ fn rebuild_one(index: &Index<'_>, request: &SpanRecord) -> Journey {
             .map(|&i| &index.spans[i])
             .find(|s| s.kind == Kind::Producer && s.id.trace_id != request.id.trace_id);
         if let Some(dead_letter) = dead_letter {
-            let batch = dead_letter.parent().filter(|p| {
-                index
-                    .by_id
-                    .get(p)
-                    .is_some_and(|i| index.batches.contains(i))
-            });
+            let batch = dead_letter.parent().filter(|p| index.is_batch(p));
             return Journey {
                 request: request.id,
                 destination,

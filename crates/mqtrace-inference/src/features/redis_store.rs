@@ -223,9 +223,14 @@ impl FeatureStore for RedisFeatureStore {
         if user_ids.is_empty() {
             return Ok(Vec::new());
         }
+        // one key buffer for the batch: Cmd::arg copies the bytes
         let mut command = redis::cmd("MGET");
+        let mut key = String::with_capacity(self.key_prefix.len() + 16);
         for id in user_ids {
-            command.arg(self.key(id));
+            key.clear();
+            key.push_str(&self.key_prefix);
+            key.push_str(id);
+            command.arg(&key);
         }
         let mut connection = self.connection.clone();
         let values: Vec<Option<Vec<u8>>> =
