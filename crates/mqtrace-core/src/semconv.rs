@@ -21,6 +21,10 @@ pub use opentelemetry_semantic_conventions::metric::{
 /// (unit `{message}`, attributes `messaging.system` and [`MQTRACE_INVALID_REASON`]).
 pub const MQTRACE_PROPAGATION_INVALID: &str = "mqtrace.propagation.invalid";
 
+/// Counter of spans that never reached the collector (unit `{span}`, attribute `reason`:
+/// `queue_full` when the export queue was full, `export_failed` when the export failed).
+pub const MQTRACE_TELEMETRY_SPANS_DROPPED: &str = "mqtrace.telemetry.spans.dropped";
+
 /// Why a propagation header was ignored: `not_utf8`, `oversized`, `not_text` or `rejected`.
 pub const MQTRACE_INVALID_REASON: &str = "mqtrace.propagation.invalid_reason";
 

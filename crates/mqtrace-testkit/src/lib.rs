@@ -25,3 +25,5 @@
 pub mod amqp;
 pub mod capture;
 pub mod kafka;
+pub mod otlp;
+pub mod prometheus;

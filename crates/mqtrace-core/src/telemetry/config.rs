@@ -1,7 +1,11 @@
 //! Telemetry configuration read from the standard OpenTelemetry environment variables.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use opentelemetry_sdk::trace::Sampler;
+
+use super::span_queue::SpanBatchSettings;
 use crate::error::{Error, Result};
 
 /// How telemetry leaves the process.
@@ -34,6 +38,96 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Head sampling, from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+///
+/// The default is `parentbased_traceidratio` with ratio 1.0: a span follows its parent's
+/// decision (so a request sampled by its producer stays whole across the queue and the
+/// batch), and new traces are all kept. Keep it at 1.0 when a Collector tail-samples
+/// (`integration/otel-collector.yaml` keeps every error and every slow trace plus a share of
+/// the rest): a trace dropped at the head can never be rescued by an error later on. Lower the
+/// ratio only where no tail sampling runs and volume must fall.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::telemetry::{Sampling, TelemetryConfig};
+///
+/// let vars = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
+/// let config = TelemetryConfig::from_lookup(|name| {
+///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+/// })?;
+/// assert_eq!(config.sampling(), Sampling::ParentBasedTraceIdRatio(0.25));
+/// # Ok::<_, mqtrace_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Sampling {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this share of traces, ignoring the parent.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on`.
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio` (the default, with 1.0).
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling::ParentBasedTraceIdRatio(1.0)
+    }
+}
+
+impl Sampling {
+    /// The SDK sampler.
+    pub fn to_sampler(self) -> Sampler {
+        match self {
+            Sampling::AlwaysOn => Sampler::AlwaysOn,
+            Sampling::AlwaysOff => Sampler::AlwaysOff,
+            Sampling::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            Sampling::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Sampling::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Sampling::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+
+    /// Parses `OTEL_TRACES_SAMPLER` (`name`) with `OTEL_TRACES_SAMPLER_ARG` (`arg`).
+    fn parse(name: &str, arg: Option<&str>) -> Result<Self> {
+        let ratio = || -> Result<f64> {
+            let Some(arg) = arg else { return Ok(1.0) };
+            match arg.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(Error::InvalidEnv {
+                    name: "OTEL_TRACES_SAMPLER_ARG",
+                    value: arg.to_owned(),
+                    expected: "a sampling ratio from 0.0 to 1.0",
+                }),
+            }
+        };
+        Ok(match name.trim() {
+            "always_on" => Sampling::AlwaysOn,
+            "always_off" => Sampling::AlwaysOff,
+            "traceidratio" => Sampling::TraceIdRatio(ratio()?),
+            "parentbased_always_on" => Sampling::ParentBasedAlwaysOn,
+            "parentbased_always_off" => Sampling::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => Sampling::ParentBasedTraceIdRatio(ratio()?),
+            _ => {
+                return Err(Error::InvalidEnv {
+                    name: "OTEL_TRACES_SAMPLER",
+                    value: name.to_owned(),
+                    expected: "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+                });
+            }
+        })
+    }
+}
+
 /// Settings for [`super::init`].
 ///
 /// # Example
@@ -52,6 +146,8 @@ pub struct TelemetryConfig {
     service_version: String,
     environment: String,
     destination: Destination,
+    sampling: Sampling,
+    span_batch: SpanBatchSettings,
 }
 
 impl Default for TelemetryConfig {
@@ -63,15 +159,19 @@ impl Default for TelemetryConfig {
             destination: Destination::Files {
                 dir: PathBuf::from("telemetry"),
             },
+            sampling: Sampling::default(),
+            span_batch: SpanBatchSettings::default(),
         }
     }
 }
 
 impl TelemetryConfig {
-    /// Reads `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`
-    /// and `MQTRACE_TELEMETRY_DIR`. Service name, resource attributes and sampler are read by
-    /// the SDK itself (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-    /// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    /// Reads `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `MQTRACE_TELEMETRY_DIR`
+    /// and `MQTRACE_ENVIRONMENT`; a value that is set but invalid is an error naming the
+    /// variable (the SDK would silently fall back). Service name and resource attributes
+    /// are read by the SDK itself (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -123,6 +223,34 @@ impl TelemetryConfig {
         if let Some(environment) = non_empty("MQTRACE_ENVIRONMENT") {
             config.environment = environment;
         }
+        if let Some(sampler) = non_empty("OTEL_TRACES_SAMPLER") {
+            let arg = non_empty("OTEL_TRACES_SAMPLER_ARG");
+            config.sampling = Sampling::parse(&sampler, arg.as_deref())?;
+        }
+        let positive = |name: &'static str| -> Result<Option<u64>> {
+            match non_empty(name) {
+                None => Ok(None),
+                Some(value) => match value.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(Error::InvalidEnv {
+                        name,
+                        value,
+                        expected: "a positive integer",
+                    }),
+                },
+            }
+        };
+        let mut batch = config.span_batch;
+        if let Some(n) = positive("OTEL_BSP_MAX_QUEUE_SIZE")? {
+            batch = batch.with_max_queue_size(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if let Some(n) = positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+            batch = batch.with_max_export_batch_size(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if let Some(ms) = positive("OTEL_BSP_SCHEDULE_DELAY")? {
+            batch = batch.with_scheduled_delay(Duration::from_millis(ms));
+        }
+        config.span_batch = batch;
         Ok(config)
     }
 
@@ -144,6 +272,28 @@ impl TelemetryConfig {
     pub fn with_environment(mut self, environment: impl Into<String>) -> Self {
         self.environment = environment.into();
         self
+    }
+
+    /// Head sampling (default: parent-based, ratio 1.0).
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Span export queue and batching.
+    pub fn with_span_batch(mut self, settings: SpanBatchSettings) -> Self {
+        self.span_batch = settings;
+        self
+    }
+
+    /// Head sampling.
+    pub fn sampling(&self) -> Sampling {
+        self.sampling
+    }
+
+    /// Span export queue and batching.
+    pub fn span_batch(&self) -> SpanBatchSettings {
+        self.span_batch
     }
 
     /// Where telemetry goes.
@@ -237,5 +387,58 @@ mod tests {
         assert!(err.to_string().contains("OTEL_SDK_DISABLED"), "{err}");
         let c = config(&[("OTEL_SDK_DISABLED", "TRUE")]).expect("valid");
         assert_eq!(c.destination(), &Destination::Disabled);
+    }
+
+    #[test]
+    fn sampler_default_is_parent_based_keep_all() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.sampling(), Sampling::ParentBasedTraceIdRatio(1.0));
+        let c = config(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")]).expect("valid");
+        assert_eq!(
+            c.sampling(),
+            Sampling::ParentBasedTraceIdRatio(1.0),
+            "spec: ARG defaults to 1.0"
+        );
+        let c = config(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ])
+        .expect("valid");
+        assert_eq!(c.sampling(), Sampling::TraceIdRatio(0.5));
+        let c = config(&[("OTEL_TRACES_SAMPLER", "always_off")]).expect("valid");
+        assert_eq!(c.sampling(), Sampling::AlwaysOff);
+    }
+
+    #[test]
+    fn bad_sampler_settings_are_clear_errors() {
+        let err = config(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).expect_err("unsupported");
+        assert!(err.to_string().contains("OTEL_TRACES_SAMPLER"), "{err}");
+        assert!(
+            err.to_string().contains("parentbased_traceidratio"),
+            "{err}"
+        );
+        for arg in ["1.5", "-0.1", "half"] {
+            let err = config(&[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", arg),
+            ])
+            .expect_err("out of range");
+            assert!(err.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{err}");
+        }
+    }
+
+    #[test]
+    fn batch_processor_variables() {
+        let c = config(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+        ])
+        .expect("valid");
+        assert_eq!(c.span_batch().max_queue_size, 100);
+        assert_eq!(c.span_batch().max_export_batch_size, 10);
+        assert_eq!(c.span_batch().scheduled_delay, Duration::from_millis(250));
+        let err = config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]).expect_err("zero");
+        assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
     }
 }

@@ -5,18 +5,22 @@
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | resource (read by the SDK) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export OTLP there; unset: write OTLP-JSON files |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
-//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling (read by the SDK; default parent-based always-on) |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling ([`Sampling`]; default `parentbased_traceidratio` 1.0) |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]) |
 //! | `OTEL_SDK_DISABLED` | `true`: record and export nothing |
 //! | `MQTRACE_TELEMETRY_DIR` | where the files go (default `./telemetry`) |
 //! | `MQTRACE_ENVIRONMENT` | `deployment.environment.name` (default `development`) |
 //!
 //! Spans and logs are exported by batch processors with bounded queues on their own threads;
 //! metrics by a periodic reader. Nothing here ever blocks a producer or consumer: when the
-//! queue is full, telemetry is dropped, not messages. The returned [`TelemetryGuard`] flushes
-//! and shuts everything down when dropped.
+//! queue is full, telemetry is dropped, not messages, and every span lost on the way is
+//! counted in `mqtrace.telemetry.spans.dropped` (attribute `reason`: `queue_full` or
+//! `export_failed`). The returned [`TelemetryGuard`] flushes and shuts everything down when
+//! dropped.
 
 mod config;
 pub mod file;
+mod span_queue;
 
 use std::path::Path;
 
@@ -27,10 +31,14 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 
-pub use config::{Destination, OtlpProtocol, TelemetryConfig};
+pub use config::{Destination, OtlpProtocol, Sampling, TelemetryConfig};
+pub use span_queue::SpanBatchSettings;
+
+use opentelemetry::metrics::MeterProvider as _;
 
 use crate::error::{Error, Result};
 use crate::semconv;
+use span_queue::CountingBatchSpanProcessor;
 
 /// Keeps the telemetry pipeline alive; flushes and shuts it down on drop.
 #[derive(Debug)]
@@ -111,6 +119,40 @@ pub fn init() -> Result<TelemetryGuard> {
 /// Sets up telemetry with `config` and installs it globally.
 pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
     crate::propagation::install_default_propagator();
+    let guard = build(config)?;
+    if let Some(provider) = guard.tracer_provider() {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    if let Some(provider) = guard.meter_provider() {
+        opentelemetry::global::set_meter_provider(provider.clone());
+    }
+    Ok(guard)
+}
+
+/// Sets up telemetry with `config` without installing anything globally: for processes that
+/// keep several pipelines, and for tests. Hand the providers to the traced clients with
+/// [`crate::Instrumentation::builder`].
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::Instrumentation;
+/// use mqtrace_core::telemetry::{self, Destination, TelemetryConfig};
+///
+/// let dir = std::env::temp_dir().join("mqtrace-doc-build");
+/// let guard = telemetry::build(
+///     TelemetryConfig::default().with_destination(Destination::Files { dir }),
+/// )?;
+/// let mut instrumentation = Instrumentation::builder();
+/// if let (Some(traces), Some(metrics)) = (guard.tracer_provider(), guard.meter_provider()) {
+///     instrumentation = instrumentation
+///         .with_tracer_provider(traces)
+///         .with_meter_provider(metrics);
+/// }
+/// let _instrumentation = instrumentation.build();
+/// # Ok::<_, mqtrace_core::Error>(())
+/// ```
+pub fn build(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let destination = config.destination().clone();
     if destination == Destination::Disabled {
         return Ok(TelemetryGuard {
@@ -120,14 +162,11 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
             destination,
         });
     }
-    let resource = resource(&config);
     let (tracer_provider, meter_provider, logger_provider) = match &destination {
-        Destination::Files { dir } => file_providers(dir, resource)?,
-        Destination::Otlp { endpoint, protocol } => otlp_providers(endpoint, *protocol, resource)?,
+        Destination::Files { dir } => file_providers(dir, &config)?,
+        Destination::Otlp { endpoint, protocol } => otlp_providers(endpoint, *protocol, &config)?,
         Destination::Disabled => unreachable!("handled above"),
     };
-    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-    opentelemetry::global::set_meter_provider(meter_provider.clone());
     Ok(TelemetryGuard {
         tracer_provider: Some(tracer_provider),
         meter_provider: Some(meter_provider),
@@ -172,38 +211,46 @@ pub fn resource(config: &TelemetryConfig) -> Resource {
 
 type Providers = (SdkTracerProvider, SdkMeterProvider, SdkLoggerProvider);
 
-/// Batch span and log processors (bounded queues, own threads) and a periodic metric reader.
+/// Batch span and log processors (bounded queues, own threads; lost spans counted) and a
+/// periodic metric reader, with the configured sampler.
 fn providers(
-    resource: Resource,
+    config: &TelemetryConfig,
     spans: impl SpanExporter + 'static,
     metrics: impl PushMetricExporter,
     logs: impl LogExporter + 'static,
 ) -> Providers {
-    (
-        SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_batch_exporter(spans)
-            .build(),
-        SdkMeterProvider::builder()
-            .with_resource(resource.clone())
-            .with_reader(PeriodicReader::builder(metrics).build())
-            .build(),
-        SdkLoggerProvider::builder()
-            .with_resource(resource)
-            .with_batch_exporter(logs)
-            .build(),
-    )
+    let resource = resource(config);
+    let meter_provider = SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_reader(PeriodicReader::builder(metrics).build())
+        .build();
+    let meter = meter_provider.meter_with_scope(crate::instrumentation::scope());
+    let span_processor = CountingBatchSpanProcessor::new(spans, config.span_batch(), &meter);
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_sampler(config.sampling().to_sampler())
+        .with_span_processor(span_processor)
+        .build();
+    let logger_provider = SdkLoggerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(logs)
+        .build();
+    (tracer_provider, meter_provider, logger_provider)
 }
 
-fn file_providers(dir: &Path, resource: Resource) -> Result<Providers> {
+fn file_providers(dir: &Path, config: &TelemetryConfig) -> Result<Providers> {
     file::ensure_dir(dir)?;
     let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
     let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
     let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
-    Ok(providers(resource, spans, metrics, logs))
+    Ok(providers(config, spans, metrics, logs))
 }
 
-fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) -> Result<Providers> {
+fn otlp_providers(
+    endpoint: &str,
+    protocol: OtlpProtocol,
+    config: &TelemetryConfig,
+) -> Result<Providers> {
     use opentelemetry_otlp::WithExportConfig;
     let failed = |signal: &'static str| {
         move |source| Error::Exporter {
@@ -256,5 +303,5 @@ fn otlp_providers(endpoint: &str, protocol: OtlpProtocol, resource: Resource) ->
             )
         }
     };
-    Ok(providers(resource, spans, metrics, logs))
+    Ok(providers(config, spans, metrics, logs))
 }
