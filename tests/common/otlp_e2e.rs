@@ -103,8 +103,22 @@ pub(crate) async fn run(protocol: OtlpProtocol) {
 
     // The round trip: caller -> send (PRODUCER) -> process (CONSUMER, child and link).
     let by_id: HashMap<String, &ReceivedSpan> = spans.iter().map(|s| (s.span_id(), s)).collect();
-    let send = one(&spans, &format!("send {}", round_trip.topic));
-    let process = one(&spans, &format!("process {}", round_trip.topic));
+    let sends = all(&spans, &format!("send {}", round_trip.topic));
+    assert_eq!(sends.len(), 2);
+    let send = *sends
+        .iter()
+        .find(|s| s.trace_id() == round_trip.trace_id)
+        .expect("the caller's send span");
+    let processes = all(&spans, &format!("process {}", round_trip.topic));
+    assert_eq!(processes.len(), 2, "one good and one failing handler");
+    let process = *processes
+        .iter()
+        .find(|s| s.attr_i64("messaging.kafka.offset") == Some(0))
+        .expect("the first message's process span");
+    let failed_process = *processes
+        .iter()
+        .find(|s| s.attr_i64("messaging.kafka.offset") == Some(1))
+        .expect("the second message's process span");
     assert_eq!(send.kind(), SpanKind::Producer);
     assert_eq!(process.kind(), SpanKind::Consumer);
     assert_eq!(send.origin.scope_name(), "mqtrace");
@@ -151,6 +165,21 @@ pub(crate) async fn run(protocol: OtlpProtocol) {
         send.status_code(),
         StatusCode::Unset,
         "a good send is not an error"
+    );
+    assert_eq!(process.status_code(), StatusCode::Unset);
+    assert_eq!(
+        failed_process.status_code(),
+        StatusCode::Error,
+        "a failed handler"
+    );
+    assert!(failed_process.attr_string("error.type").is_some());
+    assert_eq!(
+        failed_process
+            .span
+            .status
+            .as_ref()
+            .map(|s| s.message.as_str()),
+        Some("model rejected the input")
     );
 
     // The batch worker: one batch span links every request's send span; model.execute is its
@@ -364,6 +393,15 @@ async fn kafka_round_trip(kafka: &KafkaFixture) -> RoundTrip {
     let caller_span_id = caller.span().span_context().span_id().to_string();
     caller.span().end();
 
+    producer
+        .send_with_context(
+            FutureRecord::<str, str>::to(&topic).payload("{}"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+
     let message = tokio::time::timeout(TIMEOUT, consumer.recv())
         .await
         .expect("message in time")
@@ -375,6 +413,16 @@ async fn kafka_round_trip(kafka: &KafkaFixture) -> RoundTrip {
         })
         .await
         .expect("processed");
+    let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+        .await
+        .expect("message in time")
+        .expect("message");
+    let failed = consumer
+        .process(&message, async {
+            Err::<(), _>(std::io::Error::other("model rejected the input"))
+        })
+        .await;
+    assert!(failed.is_err(), "the handler's error comes back");
     RoundTrip {
         topic,
         trace_id,

@@ -2,8 +2,10 @@
 //!
 //! - `mqtrace mock-kafka`: a zero-install Kafka for local development. It runs librdkafka's
 //!   mock cluster (a real Kafka-protocol broker) in this process, prints
-//!   `bootstrap=HOST:PORT[,...]` as its first line of standard output, and serves any Kafka
-//!   client (rdkafka, kcat, Python) until Ctrl-C or `--duration`.
+//!   `bootstrap=HOST:PORT[,...]` as its first line of standard output and
+//!   `control=HOST:PORT` as its second (the port where other processes create topics, see
+//!   `mqtrace_testkit::kafka_control`), and serves any Kafka client (rdkafka, kcat, Python)
+//!   until Ctrl-C, SIGTERM or `--duration`.
 //! - `mqtrace journeys [FILE|DIR]...`: each request's journey rebuilt from exported OTLP-JSON
 //!   traces (see [`mqtrace_cli::journeys`]): a stage table, the slowest requests, the broken
 //!   ones; `--json` for machines, `--html PATH` for a page with a timeline.
@@ -16,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use mqtrace_cli::journeys::{MAX_ROWS, Report, SpanSet, rebuild, render_html};
 use mqtrace_testkit::kafka::EmbeddedKafka;
+use mqtrace_testkit::kafka_control::ControlServer;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +70,10 @@ struct MockKafkaArgs {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long)]
     duration: Option<u64>,
+    /// Where to serve control commands (create-topic, broker-down, broker-up); port 0 picks
+    /// a free port. Printed as the second line, `control=HOST:PORT`.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    control: std::net::SocketAddr,
 }
 
 fn main() -> Result<()> {
@@ -127,8 +134,9 @@ fn mock_kafka(args: MockKafkaArgs) -> Result<()> {
     if args.partitions < 1 {
         bail!("--partitions must be at least 1 (got {})", args.partitions);
     }
-    let kafka =
-        EmbeddedKafka::start(args.brokers).context("starting the embedded Kafka cluster")?;
+    let kafka = std::sync::Arc::new(
+        EmbeddedKafka::start(args.brokers).context("starting the embedded Kafka cluster")?,
+    );
     for topic in args
         .topics
         .iter()
@@ -139,14 +147,27 @@ fn mock_kafka(args: MockKafkaArgs) -> Result<()> {
             .create_topic(topic, args.partitions)
             .with_context(|| format!("creating topic '{topic}'"))?;
     }
+    let control = ControlServer::spawn(kafka.clone(), args.control)
+        .context("starting the control port (--control)")?;
+    // Both lines in one write. A reader that only wanted the first line may have closed the
+    // pipe already: that must not stop the broker, so write errors are ignored.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "bootstrap={}", kafka.bootstrap_servers())?;
-    stdout.flush()?;
+    let _ = stdout
+        .write_all(
+            format!(
+                "bootstrap={}\ncontrol={}\n",
+                kafka.bootstrap_servers(),
+                control.local_addr()
+            )
+            .as_bytes(),
+        )
+        .and_then(|()| stdout.flush());
     drop(stdout);
     eprintln!(
-        "mqtrace mock-kafka: {} broker(s) at {}; {}",
+        "mqtrace mock-kafka: {} broker(s) at {}, control port {}; {}",
         args.brokers,
         kafka.bootstrap_servers(),
+        control.local_addr(),
         match args.duration {
             Some(secs) => format!("stopping in {secs} s"),
             None => "press Ctrl-C to stop".to_owned(),
@@ -165,12 +186,19 @@ fn mock_kafka(args: MockKafkaArgs) -> Result<()> {
                     signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
                 }
             }
-            None => tokio::signal::ctrl_c()
-                .await
-                .context("waiting for Ctrl-C")?,
+            None => {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("waiting for SIGTERM")?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+                }
+            }
         }
         anyhow::Ok(())
     })?;
+    drop(control);
     drop(kafka);
     eprintln!("mqtrace mock-kafka: stopped");
     Ok(())

@@ -38,15 +38,34 @@ async fn another_process_can_produce_and_consume() {
         .expect("start mqtrace mock-kafka");
     let stdout = child.stdout.take().expect("stdout");
     let _guard = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout);
     let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("first line");
+    lines.read_line(&mut first).expect("first line");
+    let mut second = String::new();
+    lines.read_line(&mut second).expect("second line");
+    let control = second
+        .trim()
+        .strip_prefix("control=")
+        .unwrap_or_else(|| panic!("second line should be control=..., got {second:?}"))
+        .to_owned();
     let bootstrap = first
         .trim()
         .strip_prefix("bootstrap=")
         .unwrap_or_else(|| panic!("first line should be bootstrap=..., got {first:?}"))
         .to_owned();
+
+    // Another process creates a 3-partition topic through the control port.
+    mqtrace_testkit::kafka_control::request(&control, "create-topic three-partitions 3")
+        .await
+        .expect("create-topic over the control port");
+    let metadata_client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("metadata client");
+    let metadata = metadata_client
+        .fetch_metadata(Some("three-partitions"), Duration::from_secs(10))
+        .expect("metadata");
+    assert_eq!(metadata.topics()[0].partitions().len(), 3);
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)

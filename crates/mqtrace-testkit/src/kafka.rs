@@ -45,6 +45,9 @@ pub enum Error {
     /// The thread that owns the mock cluster is gone.
     #[error("the embedded Kafka cluster has stopped")]
     Stopped,
+    /// The external mock cluster's control port refused or could not be reached.
+    #[error(transparent)]
+    Control(#[from] crate::kafka_control::ControlError),
     /// Creating a topic on an external broker failed.
     #[error(
         "cannot create topic '{topic}' on {bootstrap}: {reason} (is the broker at {bootstrap} reachable? unset {BOOTSTRAP_ENV} to use the embedded one)"
@@ -279,27 +282,40 @@ pub fn unique_name(prefix: &str) -> String {
 #[derive(Debug)]
 pub struct KafkaFixture {
     bootstrap: String,
+    control: Option<String>,
     embedded: Option<EmbeddedKafka>,
 }
 
 impl KafkaFixture {
-    /// Uses `MQTRACE_KAFKA_BOOTSTRAP` when set, else starts a one-broker embedded cluster.
+    /// Uses `MQTRACE_KAFKA_BOOTSTRAP` when set (see [`KafkaFixture::external`]), else starts
+    /// a one-broker embedded cluster.
     pub fn start() -> Result<Self> {
         match std::env::var(BOOTSTRAP_ENV) {
-            Ok(bootstrap) if !bootstrap.trim().is_empty() => Ok(Self {
-                bootstrap: bootstrap.trim().to_owned(),
-                embedded: None,
-            }),
+            Ok(bootstrap) if !bootstrap.trim().is_empty() => Ok(Self::external(&bootstrap)),
             _ => Self::embedded(1),
         }
     }
 
-    /// Uses the external broker list `bootstrap`.
+    /// Uses the external broker list `bootstrap`. Topics are created with the Admin API, or,
+    /// when `MQTRACE_KAFKA_CONTROL` is set, through that control port of an `mqtrace
+    /// mock-kafka` process (see [`crate::kafka_control`]).
     pub fn external(bootstrap: &str) -> Self {
+        let control = std::env::var(crate::kafka_control::CONTROL_ENV)
+            .ok()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty());
         Self {
             bootstrap: bootstrap.trim().to_owned(),
+            control,
             embedded: None,
         }
+    }
+
+    /// Creates topics through the control port at `addr` (`HOST:PORT`) instead of the Admin
+    /// API.
+    pub fn with_control(mut self, addr: &str) -> Self {
+        self.control = Some(addr.trim().to_owned());
+        self
     }
 
     /// Always starts an embedded cluster of `brokers` brokers (for fault tests that need to
@@ -308,6 +324,7 @@ impl KafkaFixture {
         let kafka = EmbeddedKafka::start(brokers)?;
         Ok(Self {
             bootstrap: kafka.bootstrap_servers().to_owned(),
+            control: None,
             embedded: Some(kafka),
         })
     }
@@ -342,6 +359,11 @@ impl KafkaFixture {
     }
 
     async fn create_external_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        if let Some(control) = &self.control {
+            crate::kafka_control::request(control, &format!("create-topic {topic} {partitions}"))
+                .await?;
+            return Ok(());
+        }
         let failed = |reason: String| Error::CreateTopic {
             topic: topic.to_owned(),
             bootstrap: self.bootstrap.clone(),

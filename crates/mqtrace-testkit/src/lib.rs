@@ -6,8 +6,14 @@
 //!   the process) or an external one named by `MQTRACE_KAFKA_BOOTSTRAP`, with unique topics;
 //! - [`amqp`]: a RabbitMQ fixture (`MQTRACE_AMQP_URL`, started locally when installed and
 //!   down) with unique, self-cleaning queues and exchanges;
+//! - [`kafka_control`]: the control port through which a test process creates topics on an
+//!   embedded Kafka running in another process (`mqtrace mock-kafka`);
 //! - [`capture`]: in-memory tracer and meter providers, with assertions on the span graph
-//!   (names, kinds, parents, links, attributes) and on metrics.
+//!   (names, kinds, parents, links, attributes) and on metrics;
+//! - [`otlp`]: a real OTLP receiver (gRPC and HTTP/protobuf) that keeps what it received and
+//!   can be stopped, restarted, slowed down or made to refuse;
+//! - [`prometheus`]: the Prometheus names the Collector gives OpenTelemetry metrics, and the
+//!   metric names a Grafana dashboard queries.
 //!
 //! ```
 //! use mqtrace_testkit::capture::TelemetryCapture;
@@ -25,5 +31,6 @@
 pub mod amqp;
 pub mod capture;
 pub mod kafka;
+pub mod kafka_control;
 pub mod otlp;
 pub mod prometheus;
