@@ -160,10 +160,10 @@ fn request_body(i: usize, bad: bool) -> String {
     // every known category but the catch-all `other`
     let categories = &MERCHANT_CATEGORIES[..MERCHANT_CATEGORIES.len() - 1];
     const COUNTRIES: [&str; 5] = ["DE", "FR", "GB", "US", "NL"];
-    let amount = ((i * 7919) % 10_000) as f64 * 0.73 + 1.0;
+    let amount = (i.wrapping_mul(7919) % 10_000) as f64 * 0.73 + 1.0;
     format!(
         "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
-        (i * 31) % USERS,
+        i.wrapping_mul(31) % USERS,
         categories[i % categories.len()],
         COUNTRIES[(i / 3) % COUNTRIES.len()],
         i % 24,
