@@ -7,7 +7,9 @@
 //! the producer's trace, and ack/nack/reject are `settle` spans.
 //!
 //! - [`TracedPublisher`]: publish with confirms, reopening the channel after the broker
-//!   closes it;
+//!   closes it; a publish the broker did not confirm hands its message back as an
+//!   [`Unconfirmed`], which [`TracedPublisher::republish`] publishes again in the same trace
+//!   (after [`TracedPublisher::reconnect`] when the connection closed);
 //! - [`TracedConsumer`] / [`TracedDelivery`]: extracted context, `process`, traced settlement;
 //! - [`headers`] and [`destination`]: the carrier and the semconv destination names.
 //!
@@ -55,7 +57,7 @@ pub mod publisher;
 
 pub use consumer::{TracedConsumer, TracedDelivery};
 pub use error::{Error, Result, error_type};
-pub use publisher::{Published, Target, TracedPublisher};
+pub use publisher::{Published, Target, TracedPublisher, Unconfirmed};
 
 /// The lapin crate mqtrace-amqp is built against, so applications use the same version.
 pub use lapin;

@@ -4,12 +4,20 @@
 //! without copying (Kafka header values are raw bytes; UTF-8 values are read, others
 //! ignored). [`merge_injected`] writes injected context into a record's headers, replacing
 //! any `traceparent`/`tracestate`/`baggage` already there and keeping every other header in
-//! its order. When nothing needs replacing, the existing headers are extended in place.
+//! its order, in place.
+//!
+//! Header keys are strings by convention only: the Kafka protocol carries bytes, and some
+//! clients (Go's sarama, librdkafka's C API) send keys that are not UTF-8. rdkafka 0.39's
+//! accessors (`Headers::get`, `try_get`, `iter`) panic on such a key, so one message from such
+//! a client would crash every consumer that reads it, again after each restart. mqtrace reads
+//! headers through librdkafka's C API instead ([`raw_headers`]): a key that is not UTF-8 is
+//! never a propagation header, so extraction skips it and injection keeps it untouched.
 
 use mqtrace_core::carrier::{HeaderSource, InjectedHeaders};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, OwnedHeaders};
 
-/// Any rdkafka [`Headers`] type, readable by mqtrace's extractor.
+/// A rdkafka header list ([`BorrowedHeaders`] of a consumed message, or [`OwnedHeaders`]),
+/// readable by mqtrace's extractor. Headers whose key is not UTF-8 are skipped.
 ///
 /// # Example
 ///
@@ -28,20 +36,93 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 #[derive(Debug, Clone, Copy)]
 pub struct KafkaHeaders<'h, H: ?Sized>(pub &'h H);
 
-impl<H: Headers + ?Sized> HeaderSource for KafkaHeaders<'_, H> {
+impl HeaderSource for KafkaHeaders<'_, BorrowedHeaders> {
     fn for_each_header<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>)) {
-        let headers: &'a H = self.0;
-        for idx in 0..headers.count() {
-            if let Some(header) = headers.try_get(idx) {
-                visit(header.key, header.value);
-            }
+        visit_utf8_keys(self.0, visit);
+    }
+}
+
+impl HeaderSource for KafkaHeaders<'_, OwnedHeaders> {
+    fn for_each_header<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>)) {
+        visit_utf8_keys(self.0.as_borrowed(), visit);
+    }
+}
+
+fn visit_utf8_keys<'a>(
+    headers: &'a BorrowedHeaders,
+    visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>),
+) {
+    for (key, value) in raw_headers(headers) {
+        if let Ok(key) = std::str::from_utf8(key) {
+            visit(key, value);
         }
     }
 }
 
-/// Merges `injected` into `existing`: headers the propagator owns are replaced (all
-/// occurrences, any case), every other header is kept in order, and the injected ones are
-/// appended. Returns `existing` unchanged when nothing was injected.
+/// Every header of `headers`, in order, as `(key, value)` bytes, whatever the key's bytes
+/// (`None` for a null value). Unlike rdkafka's own accessors it never panics on a key that is
+/// not UTF-8.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_kafka::headers::raw_headers;
+/// use rdkafka::message::{Header, OwnedHeaders};
+///
+/// let headers = OwnedHeaders::new()
+///     .insert(Header { key: "app", value: Some("1") })
+///     .insert(Header { key: "tombstone", value: None::<&[u8]> });
+/// let all: Vec<_> = raw_headers(headers.as_borrowed()).collect();
+/// assert_eq!(all, [(&b"app"[..], Some(&b"1"[..])), (&b"tombstone"[..], None)]);
+/// ```
+pub fn raw_headers(headers: &BorrowedHeaders) -> RawHeaders<'_> {
+    RawHeaders {
+        count: native::count(headers),
+        headers,
+        next: 0,
+    }
+}
+
+/// The iterator of [`raw_headers`].
+#[derive(Clone)]
+pub struct RawHeaders<'h> {
+    headers: &'h BorrowedHeaders,
+    next: usize,
+    count: usize,
+}
+
+impl std::fmt::Debug for RawHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawHeaders")
+            .field("next", &self.next)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'h> Iterator for RawHeaders<'h> {
+    type Item = (&'h [u8], Option<&'h [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.next < self.count {
+            let index = self.next;
+            self.next += 1;
+            if let Some(header) = native::get(self.headers, index) {
+                return Some(header);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.count - self.next))
+    }
+}
+
+/// Merges `injected` into `existing`: headers the propagator owns are removed (all
+/// occurrences, any case), every other header is kept in order (keys that are not UTF-8
+/// included), and the injected ones are appended. Works in place: nothing is copied. Returns
+/// `existing` unchanged when nothing was injected.
 ///
 /// # Example
 ///
@@ -69,17 +150,24 @@ pub fn merge_injected(
     if injected.is_empty() {
         return existing;
     }
-    let extra = injected.iter().count();
     let base = match existing {
-        Some(headers) if headers.iter().any(|h| injected.replaces(h.key)) => {
-            let mut kept = OwnedHeaders::new_with_capacity(headers.count() + extra);
-            for header in headers.iter().filter(|h| !injected.replaces(h.key)) {
-                kept = kept.insert(header);
+        Some(mut headers) => {
+            // Each distinct spelling of a replaced key (librdkafka removes by exact key).
+            let mut stale: Vec<&str> = Vec::new();
+            for (key, _) in raw_headers(headers.as_borrowed()) {
+                if let Ok(key) = std::str::from_utf8(key) {
+                    if injected.replaces(key) && !stale.contains(&key) {
+                        stale.push(key);
+                    }
+                }
             }
-            kept
+            let stale: Vec<String> = stale.into_iter().map(str::to_owned).collect();
+            for key in &stale {
+                native::remove(&mut headers, key);
+            }
+            headers
         }
-        Some(headers) => headers,
-        None => OwnedHeaders::new_with_capacity(extra),
+        None => OwnedHeaders::new_with_capacity(injected.iter().count()),
     };
     Some(injected.iter().fold(base, |headers, (key, value)| {
         headers.insert(Header {
@@ -89,12 +177,87 @@ pub fn merge_injected(
     }))
 }
 
+/// The few librdkafka header calls rdkafka does not expose without panicking.
+#[allow(unsafe_code)]
+mod native {
+    use std::ffi::{CStr, c_char, c_void};
+
+    use rdkafka::bindings::{
+        rd_kafka_header_cnt, rd_kafka_header_get_all, rd_kafka_header_remove, rd_kafka_headers_t,
+        rd_kafka_resp_err_t,
+    };
+    use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+
+    /// The native list behind `headers`. rdkafka hands out `&BorrowedHeaders` only as a cast
+    /// of a live `rd_kafka_headers_t *` (for a consumed message's headers, and from
+    /// `OwnedHeaders::as_borrowed`) and casts it back the same way in its own methods; the
+    /// list lives as long as the reference.
+    fn list(headers: &BorrowedHeaders) -> *const rd_kafka_headers_t {
+        std::ptr::from_ref(headers).cast()
+    }
+
+    pub(super) fn count(headers: &BorrowedHeaders) -> usize {
+        // SAFETY: `list` is a live header list (see `list`).
+        unsafe { rd_kafka_header_cnt(list(headers)) }
+    }
+
+    /// Header `index`: its key's bytes (up to the first NUL, as librdkafka stores keys) and
+    /// its value (`None` when null).
+    pub(super) fn get(headers: &BorrowedHeaders, index: usize) -> Option<(&[u8], Option<&[u8]>)> {
+        let mut name: *const c_char = std::ptr::null();
+        let mut value: *const c_void = std::ptr::null();
+        let mut size = 0_usize;
+        // SAFETY: `list` is a live header list (see `list`); the out-pointers are valid.
+        let error = unsafe {
+            rd_kafka_header_get_all(list(headers), index, &mut name, &mut value, &mut size)
+        };
+        if error != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            return None;
+        }
+        // SAFETY: librdkafka stores each key NUL-terminated and each value as `size` bytes,
+        // owned by the list, which outlives the borrow of `headers`.
+        let key = unsafe { CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
+        Some((key, value))
+    }
+
+    /// Removes every header named exactly `key` from `headers`, which the caller owns.
+    pub(super) fn remove(headers: &mut OwnedHeaders, key: &str) {
+        let Ok(key) = std::ffi::CString::new(key) else {
+            return; // librdkafka keys end at a NUL: no stored key contains one
+        };
+        let list = list(headers.as_borrowed()).cast_mut();
+        // SAFETY: the list is live and exclusively ours (`&mut OwnedHeaders`), so nothing
+        // reads it while librdkafka edits it; `key` is NUL-terminated. librdkafka returns
+        // NOENT when no header has that key, which is fine.
+        let _ = unsafe { rd_kafka_header_remove(list, key.as_ptr()) };
+    }
+
+    /// Adds a header whose key may be any bytes, for tests of foreign producers.
+    #[cfg(test)]
+    pub(super) fn add_raw(headers: &mut OwnedHeaders, key: &[u8], value: &[u8]) {
+        let list = list(headers.as_borrowed()).cast_mut();
+        // SAFETY: as in `remove`; librdkafka copies `key` and `value` (lengths given).
+        let _ = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                list,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                value.as_ptr().cast(),
+                value.len() as isize,
+            )
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use mqtrace_core::carrier::{HeaderExtractor, HeaderPolicy};
     use opentelemetry::propagation::{Extractor, Injector};
     use proptest::prelude::*;
+    use rdkafka::message::Headers;
 
     fn injected(value: &str) -> InjectedHeaders {
         let mut inj = InjectedHeaders::default();
@@ -158,7 +321,74 @@ mod tests {
         })
     }
 
+    const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_skipped_by_extraction() {
+        let mut headers = OwnedHeaders::new();
+        native::add_raw(&mut headers, b"x-\xff\xfe", b"foreign");
+        let mut headers = headers.insert(Header {
+            key: "traceparent",
+            value: Some(VALID),
+        });
+        native::add_raw(&mut headers, b"\xc3\x28", b"more");
+        let raw: Vec<_> = raw_headers(headers.as_borrowed()).map(|(k, _)| k).collect();
+        assert_eq!(raw, [&b"x-\xff\xfe"[..], b"traceparent", b"\xc3\x28"]);
+
+        let extracted =
+            mqtrace_core::propagation::Propagation::global().extract(&KafkaHeaders(&headers));
+        assert_eq!(
+            extracted.outcome,
+            mqtrace_core::propagation::ExtractOutcome::Found
+        );
+        let carrier = KafkaHeaders(headers.as_borrowed());
+        let extractor = HeaderExtractor::new(&carrier, HeaderPolicy::default());
+        assert_eq!(extractor.keys(), ["traceparent"]);
+    }
+
+    #[test]
+    fn merge_keeps_keys_that_are_not_utf8_and_replaces_every_spelling() {
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "TRACEPARENT",
+                value: Some("stale"),
+            })
+            .insert(Header {
+                key: "app",
+                value: Some("1"),
+            });
+        native::add_raw(&mut headers, b"x-\xff", b"foreign");
+        let headers = headers
+            .insert(Header {
+                key: "TraceParent",
+                value: Some("stale"),
+            })
+            .insert(Header {
+                key: "TRACEPARENT",
+                value: Some("stale again"),
+            });
+        let merged = merge_injected(Some(headers), &injected("fresh")).expect("headers");
+        let all: Vec<_> = raw_headers(merged.as_borrowed()).collect();
+        assert_eq!(
+            all,
+            [
+                (&b"app"[..], Some(&b"1"[..])),
+                (b"x-\xff", Some(b"foreign")),
+                (b"traceparent", Some(b"fresh")),
+            ]
+        );
+    }
+
     proptest! {
+        /// `raw_headers` reads the same list rdkafka's own accessors do.
+        #[test]
+        fn raw_headers_match_rdkafka(list in arb_headers()) {
+            let headers = owned(&list);
+            let raw: Vec<_> = raw_headers(headers.as_borrowed()).collect();
+            let rdkafka: Vec<_> = headers.iter().map(|h| (h.key.as_bytes(), h.value)).collect();
+            prop_assert_eq!(raw, rdkafka);
+        }
+
         #[test]
         fn any_headers_extract_without_panic(list in arb_headers()) {
             let headers = owned(&list);

@@ -6,6 +6,10 @@
 //! Each test declares its own queues and exchanges with unique names; queues expire a minute
 //! after their last use and exchanges are auto-deleted, so parallel tests never meet and
 //! nothing is left behind.
+//!
+//! Fault tests cut a connection from the broker's side with [`close_connection`]
+//! (`rabbitmqctl close_connection`), finding it by the name the test gave it
+//! ([`connections_named`]), so no other connection is affected.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -43,6 +47,16 @@ pub enum Error {
         /// The URL.
         url: String,
         /// Why.
+        reason: String,
+    },
+    /// `rabbitmqctl` could not be run or failed.
+    #[error(
+        "rabbitmqctl {command} failed: {reason} (it must be installed on this machine and able to reach the local node; run the test as the user that runs RabbitMQ, or as root)"
+    )]
+    Ctl {
+        /// The rabbitmqctl arguments.
+        command: String,
+        /// What went wrong.
         reason: String,
     },
     /// The broker answered but an AMQP operation failed.
@@ -119,6 +133,83 @@ pub fn ensure_running(url: &str) -> Result<()> {
         "started rabbitmq-server, but it did not listen within {} s",
         START_TIMEOUT.as_secs()
     )))
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let failed = |reason: String| Error::Ctl {
+        command: args.join(" "),
+        reason,
+    };
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The Erlang process ids of the broker's connections whose client named them `name`
+/// (lapin: `ConnectionProperties::default().with_connection_name(name)`), as
+/// `rabbitmqctl list_connections` shows them. Blocking: it runs `rabbitmqctl` (about a second);
+/// call it from `tokio::task::spawn_blocking` in async code.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use lapin::{Connection, ConnectionProperties};
+/// use mqtrace_testkit::amqp::{DEFAULT_URL, close_connection, connections_named};
+/// use mqtrace_testkit::kafka::unique_name;
+///
+/// let name = unique_name("publisher");
+/// let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
+/// let connection = Connection::connect(DEFAULT_URL, properties).await?;
+/// let pids = tokio::task::spawn_blocking(move || connections_named(&name)).await??;
+/// assert_eq!(pids.len(), 1);
+/// // ... later, in the middle of the traffic:
+/// tokio::task::spawn_blocking(move || close_connection(&pids[0], "drill")).await??;
+/// # let _ = connection; Ok(()) }
+/// ```
+pub fn connections_named(name: &str) -> Result<Vec<String>> {
+    let listing = rabbitmqctl(&[
+        "-q",
+        "list_connections",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])?;
+    // Each line: `<rabbit@host.1.2.3>\t[...{"connection_name","NAME"}...]`.
+    let quoted = format!("{{\"connection_name\",\"{name}\"}}");
+    Ok(listing
+        .lines()
+        .filter(|line| line.contains(&quoted))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Closes connection `pid` (see [`connections_named`]) from the broker's side, as
+/// `rabbitmqctl close_connection` does: the client sees it closed with `CONNECTION_FORCED`
+/// and `reason`. Blocking, like [`connections_named`].
+pub fn close_connection(pid: &str, reason: &str) -> Result<()> {
+    rabbitmqctl(&["-q", "close_connection", pid, reason]).map(drop)
+}
+
+/// Closes every connection named `name` ([`connections_named`], then [`close_connection`]);
+/// returns how many there were. Give connections unique names ([`unique_name`]) so a test
+/// closes only its own.
+pub fn close_connections_named(name: &str, reason: &str) -> Result<usize> {
+    let pids = connections_named(name)?;
+    for pid in &pids {
+        close_connection(pid, reason)?;
+    }
+    Ok(pids.len())
 }
 
 /// A connection to the test broker, with helpers for unique, self-cleaning topology.
