@@ -11,6 +11,8 @@
 //! cargo run --release --example batch_inference -- --messages 2000 --summary-json s.json
 //! cargo run --release --example batch_inference -- --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f
 //! cargo run --release --features cuda --example batch_inference -- --device cuda
+//! # a service that keeps running: 50 requests/s until Ctrl-C or SIGTERM (docker-compose.yml)
+//! cargo run --release --example batch_inference -- --bootstrap kafka:9092 --generate --messages 0 --rate 50
 //! ```
 //!
 //! Traces, metrics and logs go to `./telemetry/*.jsonl` (OTLP-JSON), or over OTLP when
@@ -50,6 +52,10 @@ const REPLIES: &str = "inference-replies";
 const DEAD_LETTERS: &str = "inference-requests.dlq";
 const USERS: usize = 5_000;
 const SEED: u64 = 7;
+/// How long a continuous run (`--messages 0`) remembers when each request was sent and
+/// answered: older entries are forgotten, so memory stays flat, and the closing latency
+/// percentiles cover this last window.
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceChoice {
@@ -61,9 +67,12 @@ enum DeviceChoice {
 #[derive(Debug, Parser)]
 #[command(about = "Batch-inference demo: traced requests, batches, model and replies")]
 struct Args {
-    /// Requests the load generator sends.
+    /// Requests the load generator sends; 0 keeps sending (at --rate) until Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
+    /// Requests per second the load generator sends; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Most requests per batch.
     #[arg(long, default_value_t = 256)]
     max_batch: usize,
@@ -223,6 +232,41 @@ async fn run_with_store<K: MessageSink, F: FeatureStore>(
     Ok(worker.run(&shutdown).await?)
 }
 
+/// Forgets replies older than `window`, and sends older than twice that (a dead-lettered
+/// request is never answered); returns how many replies were forgotten.
+fn forget_older_than(
+    window: Duration,
+    sent_at: &Mutex<HashMap<String, Instant>>,
+    arrivals: &Arrivals,
+) -> usize {
+    let mut forgotten = 0;
+    if let Ok(mut arrivals) = arrivals.lock() {
+        let before = arrivals.len();
+        arrivals.retain(|_, at| at.elapsed() < window);
+        forgotten = before - arrivals.len();
+    }
+    if let Ok(mut sent) = sent_at.lock() {
+        sent.retain(|_, at| at.elapsed() < window * 2);
+    }
+    forgotten
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` sends).
+async fn stop_requested() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -234,6 +278,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let generate = args.bootstrap.is_none() || args.generate;
+    // `--messages 0`: a service that keeps sending until it is stopped
+    let continuous = generate && args.messages == 0;
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        bail!("--rate must be a number of requests per second, 0 or more");
+    }
+    if continuous && args.rate == 0.0 {
+        bail!("--messages 0 sends until stopped, so it needs a --rate (e.g. --rate 50)");
+    }
+    let pace = if args.rate > 0.0 {
+        Some(
+            Duration::try_from_secs_f64(1.0 / args.rate)
+                .map_err(|_| anyhow::anyhow!("--rate {} is too low", args.rate))?,
+        )
+    } else {
+        None
+    };
+
     let telemetry = telemetry::init_with(
         TelemetryConfig::from_env()?.with_default_service_name("fraud-scoring"),
     )?;
@@ -245,7 +307,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(bridge))
             .context("installing the log bridge")?;
     }
-    let generate = args.bootstrap.is_none() || args.generate;
 
     let kafka = match &args.bootstrap {
         Some(bootstrap) => KafkaFixture::external(bootstrap),
@@ -448,13 +509,31 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
+    let mut generator = None;
     if generate {
         let producer = Arc::new(TracedProducer::from_config(&kafka.producer_config())?);
         let sent_at = Arc::clone(&sent_at);
-        let messages = args.messages;
-        tokio::spawn(async move {
+        let messages = if continuous {
+            usize::MAX
+        } else {
+            args.messages
+        };
+        generator = Some(tokio::spawn(async move {
             let tracer = Arc::new(opentelemetry::global::tracer("load-generator"));
-            futures::stream::iter(0..messages)
+            // request numbers, one per `pace` tick when --rate is set
+            let numbers = futures::stream::unfold(
+                (0_usize, pace.map(tokio::time::interval)),
+                move |(i, mut ticks)| async move {
+                    if i >= messages {
+                        return None;
+                    }
+                    if let Some(ticks) = ticks.as_mut() {
+                        ticks.tick().await;
+                    }
+                    Some((i, (i + 1, ticks)))
+                },
+            );
+            numbers
                 .map(|i| {
                     let producer = Arc::clone(&producer);
                     let sent_at = Arc::clone(&sent_at);
@@ -490,29 +569,39 @@ async fn main() -> anyhow::Result<()> {
                     }
                 })
                 .await;
-        });
+        }));
     }
 
-    // Progress until every reply arrived.
+    // Progress until every reply arrived (or, running continuously, until stopped).
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let tty = std::io::stderr().is_terminal();
+    let line_every = Duration::from_secs(if continuous { 10 } else { 2 });
     let mut last_line = Instant::now();
+    let mut stop = std::pin::pin!(stop_requested());
+    let mut forgotten = 0;
     loop {
-        let answered = arrivals.lock().map(|a| a.len()).unwrap_or_default();
-        let done = generate && answered >= expected_replies;
-        if tty || last_line.elapsed() >= Duration::from_secs(2) || done {
+        if continuous {
+            forgotten += forget_older_than(LATENCY_WINDOW, &sent_at, &arrivals);
+        }
+        let answered = arrivals.lock().map(|a| a.len()).unwrap_or_default() + forgotten;
+        let done = generate && !continuous && answered >= expected_replies;
+        if tty || last_line.elapsed() >= line_every || done {
+            let per_second = answered as f64 / started.elapsed().as_secs_f64().max(1e-9);
             let width = 30;
             let filled = if expected_replies == 0 {
                 0
             } else {
                 answered * width / expected_replies.max(1)
             };
-            let line = format!(
-                "[{}{}] {answered}/{expected_replies} replies  {:.0}/s",
-                "=".repeat(filled.min(width)),
-                " ".repeat(width - filled.min(width)),
-                answered as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            );
+            let line = if continuous {
+                format!("{answered} replies  {per_second:.0}/s  (Ctrl-C or SIGTERM stops)")
+            } else {
+                format!(
+                    "[{}{}] {answered}/{expected_replies} replies  {per_second:.0}/s",
+                    "=".repeat(filled.min(width)),
+                    " ".repeat(width - filled.min(width)),
+                )
+            };
             if tty {
                 eprint!("\r{line}");
             } else {
@@ -525,8 +614,17 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if !generate {
-            tokio::signal::ctrl_c().await?;
+            stop.as_mut().await?;
             break;
+        }
+        if continuous {
+            tokio::select! {
+                result = stop.as_mut() => {
+                    result?;
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
         }
         if Instant::now() > deadline {
             bail!(
@@ -540,6 +638,9 @@ async fn main() -> anyhow::Result<()> {
         eprintln!();
     }
     let elapsed = started.elapsed();
+    if let Some(generator) = generator {
+        generator.abort();
+    }
 
     shutdown.trigger();
     let mut batches = 0_u64;
@@ -573,7 +674,7 @@ async fn main() -> anyhow::Result<()> {
     };
     latencies.sort_by(f64::total_cmp);
     let answered = latencies.len();
-    let throughput = answered as f64 / elapsed.as_secs_f64().max(1e-9);
+    let throughput = (answered + forgotten) as f64 / elapsed.as_secs_f64().max(1e-9);
     let (p50, p95, p99) = (
         percentile(&latencies, 50.0),
         percentile(&latencies, 95.0),
@@ -592,7 +693,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "  requests            {:>10}",
-        if generate {
+        if generate && !continuous {
             args.messages
         } else {
             messages as usize
@@ -609,9 +710,14 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!("  throughput          {:>10.0} req/s", throughput);
-    println!("  latency p50         {:>10.1} ms", p50);
-    println!("  latency p95         {:>10.1} ms", p95);
-    println!("  latency p99         {:>10.1} ms", p99);
+    let window = if continuous {
+        format!(" (last {} s)", LATENCY_WINDOW.as_secs())
+    } else {
+        String::new()
+    };
+    println!("  latency p50         {:>10.1} ms{window}", p50);
+    println!("  latency p95         {:>10.1} ms{window}", p95);
+    println!("  latency p99         {:>10.1} ms{window}", p99);
     println!("  model share of work {:>10.1} %", model_share * 100.0);
     println!("  dead-lettered       {:>10}", dead_lettered);
     println!("  device              {device_name}");
@@ -619,7 +725,7 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(path) = &args.summary_json {
         let summary = serde_json::json!({
-            "requests": if generate { args.messages as u64 } else { messages },
+            "requests": if generate && !continuous { args.messages as u64 } else { messages },
             "replies": replies,
             "batches": batches,
             "dead_lettered": dead_lettered,
