@@ -15,10 +15,11 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{Link, Span as _, SpanKind, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::instrumentation::Instrumentation;
 use crate::propagation::Extracted;
@@ -283,16 +284,21 @@ impl BatchSpanBuilder {
         parent: &Context,
     ) -> BatchSpan {
         // Each linked message with its index in the batch (for the overflow spans' attribute).
-        let mut linked: Vec<(usize, Link)> = messages
-            .iter()
-            .enumerate()
-            .filter_map(|(index, message)| message.link().map(|link| (index, link)))
-            .collect();
+        // Sized up front: collecting through `filter_map` would grow it ten times for 1,024.
+        let mut linked: Vec<(usize, Link)> = Vec::with_capacity(messages.len());
+        linked.extend(
+            messages
+                .iter()
+                .enumerate()
+                .filter_map(|(index, message)| message.link().map(|link| (index, link))),
+        );
         let unlinked = messages.len() - linked.len();
         let overflow = linked.split_off(linked.len().min(self.link_limit));
 
+        // Named on the batch span and on every `batch.links` span: one shared string.
+        let destination = StringValue::from(Arc::<str>::from(self.destination));
         let mut builder = MessagingSpanBuilder::new(self.system, OperationType::Process, "process")
-            .with_destination(self.destination.clone())
+            .with_destination(destination.clone())
             .with_links(linked.into_iter().map(|(_, link)| link))
             .with_attributes(self.attributes);
         if let Some(group) = &self.consumer_group {
@@ -317,20 +323,25 @@ impl BatchSpanBuilder {
         }
 
         let tracer = instrumentation.tracer();
-        for chunk in overflow.chunks(self.link_limit) {
+        // The overflow links are moved onto their spans, not cloned: each link owns its
+        // attributes, and copying 896 of them per 1,024-message batch showed in profiles.
+        let mut overflow = overflow.into_iter().peekable();
+        while let Some(&(first_index, _)) = overflow.peek() {
+            let links: Vec<Link> = overflow
+                .by_ref()
+                .take(self.link_limit)
+                .map(|(_, link)| link)
+                .collect();
             tracer
                 .span_builder(BATCH_LINKS_SPAN_NAME)
                 .with_kind(SpanKind::Internal)
                 .with_attributes([
                     KeyValue::new(semconv::MESSAGING_SYSTEM, self.system),
-                    KeyValue::new(
-                        semconv::MESSAGING_DESTINATION_NAME,
-                        self.destination.clone(),
-                    ),
-                    KeyValue::new(MQTRACE_BATCH_FIRST_INDEX, chunk[0].0 as i64),
-                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, chunk.len() as i64),
+                    KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, destination.clone()),
+                    KeyValue::new(MQTRACE_BATCH_FIRST_INDEX, first_index as i64),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, links.len() as i64),
                 ])
-                .with_links(chunk.iter().map(|(_, link)| link.clone()).collect())
+                .with_links(links)
                 .start_with_context(tracer, span.context())
                 .end();
         }

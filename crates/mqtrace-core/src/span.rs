@@ -190,6 +190,31 @@ pub fn parse_server(brokers: &str) -> Option<(String, i64)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
+/// A partition number as the string value of `messaging.destination.partition.id`.
+///
+/// Partitions 0 to 1023 share one string each, made on first use, so recording a partition
+/// on every message's spans and links costs no allocation; others are formatted.
+///
+/// # Example
+///
+/// ```
+/// assert_eq!(mqtrace_core::span::partition_id(3).as_str(), "3");
+/// assert_eq!(mqtrace_core::span::partition_id(-1).as_str(), "-1");
+/// ```
+pub fn partition_id(partition: i32) -> StringValue {
+    const SHARED: usize = 1024;
+    static IDS: std::sync::OnceLock<Vec<StringValue>> = std::sync::OnceLock::new();
+    match usize::try_from(partition) {
+        Ok(index) if index < SHARED => IDS.get_or_init(|| {
+            (0..SHARED)
+                .map(|p| StringValue::from(Arc::<str>::from(p.to_string())))
+                .collect()
+        })[index]
+            .clone(),
+        _ => StringValue::from(partition.to_string()),
+    }
+}
+
 /// Links and attributes a caller adds to a span beyond the standard ones (a reply's send
 /// span linking to the batch that produced it, with its decision, for one).
 #[derive(Debug, Clone, Default)]
@@ -266,7 +291,7 @@ impl MessagingSpanBuilder {
     pub fn with_partition(self, partition: i32) -> Self {
         self.with_attribute(KeyValue::new(
             semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            partition.to_string(),
+            partition_id(partition),
         ))
     }
 
@@ -344,31 +369,34 @@ impl MessagingSpanBuilder {
         }
     }
 
-    fn metric_attributes(&self) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(6);
+    /// The metric attributes, taking the destination, group and server out of the builder
+    /// (moved, not cloned: this runs once per message).
+    fn take_metric_attributes(&mut self) -> Vec<KeyValue> {
+        // Room for `error.type`, pushed when the span ends with an error.
+        let mut attributes = Vec::with_capacity(7);
         attributes.push(KeyValue::new(semconv::MESSAGING_SYSTEM, self.system));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_NAME,
             self.operation_name,
         ));
-        if let Some(destination) = &self.destination {
+        if let Some(destination) = self.destination.take() {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_DESTINATION_NAME,
-                Value::String(destination.clone()),
+                Value::String(destination),
             ));
         }
-        if let Some(group) = &self.consumer_group {
+        if let Some(group) = self.consumer_group.take() {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                Value::String(group.clone()),
+                Value::String(group),
             ));
         }
-        if let Some((address, port)) = &self.server {
+        if let Some((address, port)) = self.server.take() {
             attributes.push(KeyValue::new(
                 semconv::SERVER_ADDRESS,
-                Value::String(address.clone()),
+                Value::String(address),
             ));
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
         }
         attributes
     }
@@ -390,26 +418,37 @@ impl MessagingSpanBuilder {
     }
 
     fn start_inner(
-        self,
+        mut self,
         instrumentation: &Instrumentation,
         parent: &Context,
         started: Option<std::time::SystemTime>,
     ) -> MessagingSpan {
-        let metric_attributes = self.metric_attributes();
-        let mut attributes = metric_attributes.clone();
+        let name = match &self.destination {
+            Some(destination) => {
+                let destination = destination.as_str();
+                let mut name =
+                    String::with_capacity(self.operation_name.len() + 1 + destination.len());
+                name.push_str(self.operation_name);
+                name.push(' ');
+                name.push_str(destination);
+                Cow::Owned(name)
+            }
+            None => Cow::Borrowed(self.operation_name),
+        };
+        let metric_attributes = self.take_metric_attributes();
+        // Two spare slots: the SDK keeps this vector for the span, and attributes known only
+        // later (a delivery's partition and offset, an error type) then need no reallocation.
+        let mut attributes =
+            Vec::with_capacity(metric_attributes.len() + 1 + self.attributes.len() + 2);
+        attributes.extend_from_slice(&metric_attributes);
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_TYPE,
             self.operation_type.as_str(),
         ));
-        attributes.extend(self.attributes);
+        attributes.append(&mut self.attributes);
         let tracer = instrumentation.tracer();
         let mut span_builder = tracer
-            .span_builder(match &self.destination {
-                Some(destination) => {
-                    Cow::Owned(format!("{} {}", self.operation_name, destination.as_str()))
-                }
-                None => Cow::Borrowed(self.operation_name),
-            })
+            .span_builder(name)
             .with_kind(self.operation_type.span_kind())
             .with_attributes(attributes)
             .with_links(self.links);

@@ -10,7 +10,7 @@ use mqtrace_core::propagation::Extracted;
 use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::trace::Link;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -83,7 +83,7 @@ impl InboundMessage for OwnedTracedMessage {
         vec![
             KeyValue::new(
                 semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                self.message.partition().to_string(),
+                mqtrace_core::span::partition_id(self.message.partition()),
             ),
             KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.message.offset()),
         ]
@@ -112,11 +112,11 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
     }
 
     fn consumer_group(&self) -> Option<&str> {
-        self.group.as_deref()
+        self.group.as_ref().map(StringValue::as_str)
     }
 
     fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref()
+        self.client_id.as_ref().map(StringValue::as_str)
     }
 
     /// Cancel-safe, like rdkafka's `StreamConsumer::recv`.

@@ -5,13 +5,13 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use mqtrace_core::propagation::{ExtractOutcome, Extracted};
-use mqtrace_core::span::parse_server;
+use mqtrace_core::span::{parse_server, partition_id};
 use mqtrace_core::{
     Instrumentation, KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode,
     semconv,
 };
 use opentelemetry::trace::Link;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
@@ -67,7 +67,7 @@ impl<'c> TracedMessage<'c> {
                 vec![
                     KeyValue::new(
                         semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                        self.message.partition().to_string(),
+                        partition_id(self.message.partition()),
                     ),
                     KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.message.offset()),
                 ],
@@ -133,9 +133,9 @@ pub struct TracedConsumer<C: ConsumerContext + 'static = DefaultConsumerContext>
     instrumentation: Instrumentation,
     parent_mode: ParentMode,
     key_capture: KeyCapture,
-    pub(crate) group: Option<String>,
-    pub(crate) client_id: Option<String>,
-    server: Option<(String, i64)>,
+    pub(crate) group: Option<StringValue>,
+    pub(crate) client_id: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
 }
 
 impl<C: ConsumerContext + 'static> fmt::Debug for TracedConsumer<C> {
@@ -159,9 +159,12 @@ impl TracedConsumer<DefaultConsumerContext> {
             source,
         })?;
         let mut consumer = Self::new(inner);
-        consumer.group = config.get("group.id").map(str::to_owned);
-        consumer.client_id = config.get("client.id").map(str::to_owned);
-        consumer.server = config.get("bootstrap.servers").and_then(parse_server);
+        consumer.group = config.get("group.id").map(crate::shared);
+        consumer.client_id = config.get("client.id").map(crate::shared);
+        consumer.server = config
+            .get("bootstrap.servers")
+            .and_then(parse_server)
+            .map(|(address, port)| (crate::shared(&address), port));
         Ok(consumer)
     }
 }
@@ -200,19 +203,19 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
 
     /// `messaging.consumer.group.name` (set by [`TracedConsumer::from_config`]).
     pub fn with_group(mut self, group: impl Into<String>) -> Self {
-        self.group = Some(group.into());
+        self.group = Some(crate::shared(&group.into()));
         self
     }
 
     /// `messaging.client.id` (set by [`TracedConsumer::from_config`] from `client.id`).
     pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.client_id = Some(crate::shared(&client_id.into()));
         self
     }
 
     /// `server.address`/`server.port` (set by [`TracedConsumer::from_config`]).
     pub fn with_server(mut self, address: impl Into<String>, port: u16) -> Self {
-        self.server = Some((address.into(), i64::from(port)));
+        self.server = Some((crate::shared(&address.into()), i64::from(port)));
         self
     }
 
@@ -309,7 +312,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Receive, "poll")
             .with_links(batch.iter().filter_map(TracedMessage::link));
         if same_topic {
-            builder = builder.with_destination(first_topic.to_owned());
+            builder = builder.with_destination(crate::shared(first_topic));
         }
         builder = self.with_client_attributes(builder);
         let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
@@ -339,7 +342,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     pub fn process_span(&self, message: &TracedMessage<'_>) -> MessagingSpan {
         let (parent, links) = self.parent_mode.parent_and_links(&message.extracted);
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Process, "process")
-            .with_destination(message.topic().to_owned())
+            .with_destination(crate::shared(message.topic()))
             .with_partition(message.partition())
             .with_attribute(KeyValue::new(
                 semconv::MESSAGING_KAFKA_OFFSET,
@@ -377,7 +380,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// Commits `message`'s offset, traced as a CLIENT `commit {topic}` settle span.
     pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> Result<()> {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Settle, "commit")
-            .with_destination(message.topic().to_owned())
+            .with_destination(crate::shared(message.topic()))
             .with_partition(message.partition())
             .with_attribute(KeyValue::new(
                 semconv::MESSAGING_KAFKA_OFFSET,

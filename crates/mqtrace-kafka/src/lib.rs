@@ -53,5 +53,11 @@ pub use producer::{Delivery, TracedProducer};
 /// `messaging.system` for Kafka.
 pub const SYSTEM: &str = "kafka";
 
+/// `value` as a reference-counted attribute string: what a client records on every
+/// message's spans (its broker address, group, topic) is cloned, not copied.
+fn shared(value: &str) -> opentelemetry::StringValue {
+    opentelemetry::StringValue::from(std::sync::Arc::<str>::from(value))
+}
+
 /// The rdkafka crate mqtrace-kafka is built against, so applications use the same version.
 pub use rdkafka;

@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-use mqtrace_core::span::{SpanExtras, parse_server};
+use mqtrace_core::span::{SpanExtras, parse_server, partition_id};
 use mqtrace_core::{Instrumentation, KeyCapture, MessagingSpanBuilder, OperationType, semconv};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::message::ToBytes;
@@ -48,7 +48,7 @@ pub struct TracedProducer<C: ClientContext + 'static = DefaultClientContext> {
     inner: FutureProducer<C>,
     instrumentation: Instrumentation,
     key_capture: KeyCapture,
-    server: Option<(String, i64)>,
+    server: Option<(StringValue, i64)>,
 }
 
 impl<C: ClientContext + 'static> fmt::Debug for TracedProducer<C> {
@@ -70,7 +70,8 @@ impl TracedProducer<DefaultClientContext> {
             source,
         })?;
         let server = config.get("bootstrap.servers").and_then(parse_server);
-        Ok(Self::new(inner).with_server_option(server))
+        Ok(Self::new(inner)
+            .with_server_option(server.map(|(address, port)| (crate::shared(&address), port))))
     }
 }
 
@@ -99,10 +100,10 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
 
     /// Sets `server.address`/`server.port` (done by [`TracedProducer::from_config`]).
     pub fn with_server(self, address: impl Into<String>, port: u16) -> Self {
-        self.with_server_option(Some((address.into(), i64::from(port))))
+        self.with_server_option(Some((crate::shared(&address.into()), i64::from(port))))
     }
 
-    fn with_server_option(mut self, server: Option<(String, i64)>) -> Self {
+    fn with_server_option(mut self, server: Option<(StringValue, i64)>) -> Self {
         self.server = server;
         self
     }
@@ -165,7 +166,7 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
     {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
             .with_extras(extras)
-            .with_destination(record.topic.to_owned())
+            .with_destination(crate::shared(record.topic))
             .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()));
         let partition_known = record.partition.is_some();
         if let Some(partition) = record.partition {
@@ -192,7 +193,7 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
                 if !partition_known {
                     span.set_attribute(KeyValue::new(
                         semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                        delivery.partition.to_string(),
+                        partition_id(delivery.partition),
                     ));
                 }
                 span.set_attribute(KeyValue::new(

@@ -1,0 +1,1362 @@
+//! What tracing costs: every figure runs the raw client (or the untraced work) and the traced
+//! one in the same process, interleaved round by round (raw, traced, raw, traced...), so
+//! machine noise hits both sides; the figure is the median of the per-pair ratios.
+//!
+//! ```sh
+//! cargo bench --bench overhead              # the issue's sizes (200,000 × 1 KiB on Kafka), plus criterion
+//! cargo bench --bench overhead -- --quick   # scaled down, about a minute: one line per figure
+//! cargo bench --bench overhead -- --quick kafka amqp   # only the figures whose names contain a word
+//! ```
+//!
+//! Each figure prints one line, `NAME: ratio=X.XX`, then indented detail lines:
+//!
+//! | figure | ratio | target |
+//! |---|---|---|
+//! | `kafka_throughput` | traced / raw messages per second, produce + consume through the embedded Kafka | ≥ 0.98 |
+//! | `amqp_throughput` | traced / raw, publish with confirms + consume (and ack) through RabbitMQ | ≥ 0.97 |
+//! | `propagation` | inject + extract time, mqtrace on rdkafka / AMQP headers ÷ the SDK's `TraceContextPropagator` on a `HashMap` (the worse of the two carriers) | ≤ 1.0 |
+//! | `batch_tracing_share` | tracing time per batch of 1,024 (links, attributes, spans) ÷ the CPU model's time for that batch | < 0.01 |
+//! | `send_latency_blocked_exporter` | traced send latency with the collector hanging ÷ with it healthy (the worse of p50 and p99) | ≤ 1.05 |
+//!
+//! The traced side exports for real: spans go through the SDK's batch span processor to an
+//! in-process exporter that counts them (so the export thread runs as it would, and the
+//! count proves nothing was dropped), metrics through a periodic reader. The send-latency
+//! figure uses mqtrace's own pipeline (`telemetry::build`, OTLP over HTTP) to the testkit's
+//! OTLP receiver, once answering and once hanging on every export.
+//!
+//! The throughput figures also print the CPU time per message of this process's threads,
+//! raw and traced: unlike the ratio, that difference does not depend on how fast the broker
+//! is. Results, the machine they ran on and what was found are in `BENCHMARKS.md`.
+//!
+//! Kafka is librdkafka's mock cluster in this process; it keeps only a few MiB per partition,
+//! so the consumer runs while the producer sends, the producer never gets more than
+//! `KAFKA_MAX_LAG` messages ahead of it, and every message is counted. Consumers are
+//! *assigned* their partitions and warmed up with one message per partition before the
+//! clock starts, so no group join or first fetch is in the timed window. RabbitMQ is the one
+//! at `MQTRACE_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use criterion::Criterion;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use mqtrace::amqp::headers::{AmqpHeaders, merge_injected as merge_amqp};
+use mqtrace::amqp::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use mqtrace::amqp::lapin::types::FieldTable;
+use mqtrace::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+use mqtrace::amqp::{TracedConsumer as AmqpTracedConsumer, TracedPublisher};
+use mqtrace::core::Instrumentation;
+use mqtrace::core::batch::{BatchSpanBuilder, DEFAULT_LINK_LIMIT, InboundMessage};
+use mqtrace::core::propagation::Propagation;
+use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
+use mqtrace::core::{MessagingSpanBuilder, OperationType};
+use mqtrace::inference::cpu::{CpuModel, MULTIPLY_ADDS};
+use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore};
+use mqtrace::inference::metrics::ML_DECISION;
+use mqtrace::inference::mlp::Mlp;
+use mqtrace::inference::model::{DeviceInfo, InstrumentedModel, Model, ModelError, Phases};
+use mqtrace::inference::postprocess::{ML_OUTPUT_SCORE_BUCKET, decide, score_bucket};
+use mqtrace::inference::request::{REQUEST_FEATURES, Request};
+use mqtrace::inference::{INPUT_WIDTH, MQTRACE_BATCH_FORMATION_MS};
+use mqtrace::kafka::headers::{KafkaHeaders, merge_injected as merge_kafka};
+use mqtrace::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use mqtrace::kafka::rdkafka::message::Message;
+use mqtrace::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use mqtrace::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use mqtrace::kafka::{OwnedTracedMessage, TracedConsumer, TracedProducer};
+use mqtrace_testkit::amqp::RabbitFixture;
+use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
+use mqtrace_testkit::otlp::{Behaviour, OtlpReceiver};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
+use tokio::runtime::Runtime;
+
+/// Message size for both brokers.
+const PAYLOAD_BYTES: usize = 1024;
+/// Partitions of each Kafka benchmark topic.
+const KAFKA_PARTITIONS: i32 = 4;
+/// Sends awaiting their delivery report at once: the worker sends a batch's 1,024 replies
+/// together. (Each traced send holds a live span until its delivery report: the deeper the
+/// pipeline, the more of them fall out of the CPU caches; 4,096 cost about 3 µs more per
+/// message than 512 on the 2-vCPU machine of BENCHMARKS.md.)
+const KAFKA_WINDOW: usize = 1024;
+/// How far the producer may run ahead of the consumer. The mock cluster drops what a
+/// partition holds beyond 5 MiB, and librdkafka's sticky partitioner may put a whole burst
+/// into one partition: 2,048 × 1 KiB stays far below even then.
+const KAFKA_MAX_LAG: usize = 4096;
+/// Publishes awaiting their confirm at once.
+const AMQP_WINDOW: usize = 512;
+/// RabbitMQ consumer prefetch.
+const AMQP_PREFETCH: u16 = 1000;
+/// A consumer that gets nothing for this long has lost messages: the round stops and says so.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batch size of the worker figure.
+const BATCH: usize = 1024;
+/// Hidden layers of the main job's model (`examples/batch_inference.rs`).
+const HIDDEN: [usize; 2] = [256, 256];
+
+/// How much work each figure does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    kafka_messages: usize,
+    kafka_pairs: usize,
+    amqp_messages: usize,
+    amqp_pairs: usize,
+    propagation_iterations: usize,
+    propagation_rounds: usize,
+    batch_rounds: usize,
+    latency_sends: usize,
+    latency_pairs: usize,
+}
+
+impl Sizes {
+    const QUICK: Sizes = Sizes {
+        kafka_messages: 50_000,
+        kafka_pairs: 5,
+        amqp_messages: 10_000,
+        amqp_pairs: 5,
+        propagation_iterations: 20_000,
+        propagation_rounds: 21,
+        batch_rounds: 30,
+        latency_sends: 5_000,
+        latency_pairs: 7,
+    };
+    const FULL: Sizes = Sizes {
+        kafka_messages: 200_000,
+        kafka_pairs: 5,
+        amqp_messages: 50_000,
+        amqp_pairs: 5,
+        propagation_iterations: 50_000,
+        propagation_rounds: 21,
+        batch_rounds: 50,
+        latency_sends: 10_000,
+        latency_pairs: 7,
+    };
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // Words that are not flags select figures by name (cargo passes `--bench` itself).
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
+    let sizes = if quick { Sizes::QUICK } else { Sizes::FULL };
+
+    println!("machine: {}", machine());
+    println!(
+        "mode: {} (interleaved raw/traced rounds; each figure is the median of per-pair ratios)",
+        if quick { "quick" } else { "full" }
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+
+    let took = |started: Instant| println!("  took {:.1} s", started.elapsed().as_secs_f64());
+    if wanted("propagation") {
+        if !quick {
+            propagation_criterion();
+        }
+        let started = Instant::now();
+        propagation(&sizes);
+        took(started);
+    }
+    if wanted("batch_tracing_share") {
+        let started = Instant::now();
+        runtime.block_on(batch_tracing_share(&sizes))?;
+        took(started);
+    }
+    if wanted("kafka_throughput") {
+        let started = Instant::now();
+        runtime.block_on(kafka_throughput(&sizes))?;
+        took(started);
+    }
+    if wanted("amqp_throughput") {
+        let started = Instant::now();
+        runtime.block_on(amqp_throughput(&sizes))?;
+        took(started);
+    }
+    if wanted("send_latency_blocked_exporter") {
+        let started = Instant::now();
+        send_latency_blocked_exporter(&runtime, &sizes)?;
+        took(started);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------------------
+
+/// CPU, cores, memory and load, for the record.
+fn machine() -> String {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or(std::env::consts::ARCH, |(_, name)| name.trim());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let meminfo = read("/proc/meminfo");
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    let load = read("/proc/loadavg");
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cpu}, {cores} CPUs, {mem_gib:.0} GiB, load average {} at start",
+        load.join(" ")
+    )
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+fn list(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A span exporter that counts what it is given and drops it: the in-process sink.
+#[derive(Debug, Clone, Default)]
+struct CountingExporter {
+    spans: Arc<AtomicUsize>,
+}
+
+impl SpanExporter for CountingExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.spans.fetch_add(batch.len(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Traces and metrics exported in-process: the SDK's batch span processor (own thread,
+/// bounded queue) to a [`CountingExporter`], and a periodic metric reader.
+struct InProcessTelemetry {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    exported: Arc<AtomicUsize>,
+    instrumentation: Instrumentation,
+}
+
+impl InProcessTelemetry {
+    fn new() -> Self {
+        let exporter = CountingExporter::default();
+        let exported = Arc::clone(&exporter.spans);
+        // A queue deep enough that a burst of 200,000 messages loses nothing: a dropped
+        // span would be cheaper than an exported one and flatter the traced side.
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(8192)
+                    .with_max_export_batch_size(512)
+                    .with_scheduled_delay(Duration::from_millis(200))
+                    .build(),
+            )
+            .build();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        let instrumentation = Instrumentation::builder()
+            .with_tracer_provider(&tracer_provider)
+            .with_meter_provider(&meter_provider)
+            .build();
+        Self {
+            tracer_provider,
+            meter_provider,
+            exported,
+            instrumentation,
+        }
+    }
+
+    /// Exports what is queued and returns the number of spans exported so far.
+    fn flush(&self) -> usize {
+        let _ = self.tracer_provider.force_flush();
+        self.exported.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for InProcessTelemetry {
+    fn drop(&mut self) {
+        let _ = self.tracer_provider.shutdown();
+        let _ = self.meter_provider.shutdown();
+    }
+}
+
+/// A sampled remote context, as a consumer would extract it.
+fn remote_context() -> Context {
+    Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+        SpanId::from(0xb7ad_6b71_6920_3331),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    ))
+}
+
+fn payload() -> Vec<u8> {
+    (0..PAYLOAD_BYTES).map(|i| (i % 251) as u8).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// propagation
+// ---------------------------------------------------------------------------------------
+
+/// One message's worth of propagation the way the Kafka wrappers do it: inject into an
+/// rdkafka header list, extract from it.
+fn kafka_round_trip(propagation: &Propagation, cx: &Context) -> bool {
+    let injected = propagation.inject(cx);
+    let headers = merge_kafka(None, &injected);
+    match &headers {
+        Some(headers) => propagation
+            .extract(&KafkaHeaders(headers))
+            .context
+            .has_active_span(),
+        None => false,
+    }
+}
+
+/// The same through an AMQP `FieldTable`, the way the RabbitMQ wrappers do it.
+fn amqp_round_trip(propagation: &Propagation, cx: &Context) -> bool {
+    let injected = propagation.inject(cx);
+    let headers = merge_amqp(None, &injected);
+    match &headers {
+        Some(headers) => propagation
+            .extract(&AmqpHeaders(headers))
+            .context
+            .has_active_span(),
+        None => false,
+    }
+}
+
+/// The baseline: the bare SDK propagator on a `HashMap`.
+fn sdk_round_trip(propagator: &TraceContextPropagator, cx: &Context) -> bool {
+    let mut headers: HashMap<String, String> = HashMap::new();
+    propagator.inject_context(cx, &mut headers);
+    propagator.extract(&headers).has_active_span()
+}
+
+/// Criterion groups for the three round trips (full mode only).
+fn propagation_criterion() {
+    let propagation = Propagation::global();
+    let sdk = TraceContextPropagator::new();
+    let cx = remote_context();
+    let mut criterion = Criterion::default().configure_from_args();
+    let mut group = criterion.benchmark_group("propagation_inject_extract");
+    group.bench_function("mqtrace_kafka_headers", |b| {
+        b.iter(|| kafka_round_trip(&propagation, black_box(&cx)))
+    });
+    group.bench_function("mqtrace_amqp_field_table", |b| {
+        b.iter(|| amqp_round_trip(&propagation, black_box(&cx)))
+    });
+    group.bench_function("sdk_trace_context_hashmap", |b| {
+        b.iter(|| sdk_round_trip(&sdk, black_box(&cx)))
+    });
+    group.finish();
+    criterion.final_summary();
+}
+
+/// `propagation`: inject + extract on mqtrace's native carriers (its default propagator:
+/// strict W3C Trace Context + Baggage) ÷ the SDK's `TraceContextPropagator` on a `HashMap`.
+fn propagation(sizes: &Sizes) {
+    let propagation = Propagation::global();
+    let sdk = TraceContextPropagator::new();
+    let cx = remote_context();
+    assert!(kafka_round_trip(&propagation, &cx) && amqp_round_trip(&propagation, &cx));
+    assert!(sdk_round_trip(&sdk, &cx));
+    let iterations = sizes.propagation_iterations;
+    let time = |round_trip: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            black_box(round_trip());
+        }
+        start.elapsed().as_secs_f64() / iterations as f64
+    };
+    let kafka = || kafka_round_trip(&propagation, black_box(&cx));
+    let amqp = || amqp_round_trip(&propagation, black_box(&cx));
+    let bare = || sdk_round_trip(&sdk, black_box(&cx));
+    let (mut kafka_ratios, mut amqp_ratios) = (Vec::new(), Vec::new());
+    let (mut kafka_ns, mut amqp_ns, mut sdk_ns) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..sizes.propagation_rounds {
+        let k = time(&kafka);
+        let s1 = time(&bare);
+        let a = time(&amqp);
+        let s2 = time(&bare);
+        kafka_ratios.push(k / s1);
+        amqp_ratios.push(a / s2);
+        kafka_ns.push(k * 1e9);
+        amqp_ns.push(a * 1e9);
+        sdk_ns.extend([s1 * 1e9, s2 * 1e9]);
+    }
+    let kafka_ratio = median(&mut kafka_ratios);
+    let amqp_ratio = median(&mut amqp_ratios);
+    println!("propagation: ratio={:.2}", kafka_ratio.max(amqp_ratio));
+    println!(
+        "  inject+extract per message: Kafka headers {:.0} ns, AMQP FieldTable {:.0} ns, SDK TraceContextPropagator on a HashMap {:.0} ns (medians)",
+        median(&mut kafka_ns),
+        median(&mut amqp_ns),
+        median(&mut sdk_ns)
+    );
+    println!(
+        "  ratios: Kafka {kafka_ratio:.2}, AMQP {amqp_ratio:.2} ({} rounds × {} round trips each side; the figure is the worse carrier)",
+        sizes.propagation_rounds,
+        thousands(iterations as f64)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// batch_tracing_share
+// ---------------------------------------------------------------------------------------
+
+/// The worker's model interface with no model behind it: running it through
+/// [`InstrumentedModel`] costs exactly the model-execution tracing (the `model.execute` span,
+/// its phase span, the inference metric).
+#[derive(Debug)]
+struct TracingOnlyModel {
+    device: DeviceInfo,
+}
+
+impl Model for TracingOnlyModel {
+    fn name(&self) -> &str {
+        "fraud-mlp"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+    fn input_width(&self) -> usize {
+        INPUT_WIDTH
+    }
+    fn score(
+        &mut self,
+        inputs: &[f32],
+        rows: usize,
+        phases: &mut Phases,
+    ) -> Result<Vec<f32>, ModelError> {
+        ModelError::check_shape(inputs, rows, INPUT_WIDTH)?;
+        let multiply_adds = KeyValue::new(MULTIPLY_ADDS, 0_i64);
+        Ok(phases.time("cpu.compute", vec![multiply_adds], || vec![0.0; rows]))
+    }
+}
+
+/// An INTERNAL stage span under `parent`, as the worker starts `features.fetch` and the rest.
+fn stage(
+    instrumentation: &Instrumentation,
+    name: &'static str,
+    parent: &Context,
+    attributes: Vec<KeyValue>,
+) -> Context {
+    let tracer = instrumentation.tracer();
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent);
+    parent.with_span(span)
+}
+
+/// A request body like the main job's load generator sends.
+fn request_body(i: usize) -> String {
+    const CATEGORIES: [&str; 4] = ["grocery", "travel", "electronics", "restaurants"];
+    const COUNTRIES: [&str; 5] = ["DE", "FR", "GB", "US", "NL"];
+    let amount = (i.wrapping_mul(7919) % 10_000) as f64 * 0.73 + 1.0;
+    format!(
+        "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
+        i.wrapping_mul(31) % 5_000,
+        CATEGORIES[i % CATEGORIES.len()],
+        COUNTRIES[(i / 3) % COUNTRIES.len()],
+        i % 24,
+        i % 4 != 0,
+    )
+}
+
+/// 1,024 real consumed Kafka messages (sent by a traced producer, so each carries its own
+/// trace context), detached as the worker holds them.
+async fn consumed_batch(
+    telemetry: &InProcessTelemetry,
+    kafka: &KafkaFixture,
+) -> anyhow::Result<(String, Vec<OwnedTracedMessage>)> {
+    let topic = kafka.create_topic("bench-batch", 1).await?;
+    let producer = TracedProducer::from_config(&kafka.producer_config())?
+        .with_instrumentation(telemetry.instrumentation.clone());
+    let consumer = TracedConsumer::from_config(&kafka.consumer_config(&unique_name("scorers")))?
+        .with_instrumentation(telemetry.instrumentation.clone());
+    assign_all(consumer.inner(), &topic, 1)?;
+    let bodies: Vec<String> = (0..BATCH).map(request_body).collect();
+    let sends = bodies.iter().map(|body| {
+        producer.send(
+            FutureRecord::<str, str>::to(&topic).payload(body),
+            Duration::from_secs(30),
+        )
+    });
+    futures::future::try_join_all(sends).await?;
+    let mut messages = Vec::with_capacity(BATCH);
+    while messages.len() < BATCH {
+        let message = tokio::time::timeout(IDLE_TIMEOUT, consumer.recv())
+            .await
+            .context("the batch's messages did not arrive")??;
+        messages.push(message.detach());
+    }
+    Ok((topic, messages))
+}
+
+/// `batch_tracing_share`: the tracing a worker does per batch of 1,024 — the batch span
+/// with a link per request (the 896 beyond the 128-link limit on seven `batch.links` child
+/// spans), the stage spans and their attributes, the `model.execute` span with its phase
+/// span, postprocess events — against the CPU model's execution time for the same batch.
+async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
+    let telemetry = InProcessTelemetry::new();
+    let instrumentation = &telemetry.instrumentation;
+    let kafka = KafkaFixture::embedded(1)?;
+    let (topic, batch) = consumed_batch(&telemetry, &kafka).await?;
+    let linked = batch.iter().filter(|m| m.link().is_some()).count();
+    if linked != BATCH {
+        bail!("only {linked} of {BATCH} messages carried a trace context");
+    }
+
+    // The model's input, built as the worker's preprocess stage builds it.
+    let store = InMemoryFeatureStore::generated(5_000, 7);
+    let profiles: HashMap<&str, _> = store.iter().collect();
+    let requests: Vec<Request> = batch
+        .iter()
+        .map(|m| Request::parse(m.payload()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("a generated request is malformed: {e}"))?;
+    let mut rows = vec![0.0_f32; BATCH * INPUT_WIDTH];
+    for (request, row) in requests.iter().zip(rows.chunks_exact_mut(INPUT_WIDTH)) {
+        let profile = profiles.get(request.user_id.as_str());
+        request.write_features(profile.map(|p| p.home_country.as_str()), row);
+        if let Some(profile) = profile {
+            row[REQUEST_FEATURES..].copy_from_slice(&profile.features);
+        }
+    }
+    let mut model = CpuModel::new("fraud-mlp", "1", Mlp::seeded(INPUT_WIDTH, &HIDDEN, 7));
+    let scores = model.score(&rows, BATCH, &mut Phases::new())?;
+    // Which rules fire is the data's business; the events they cost are tracing.
+    let rules: Vec<(usize, &'static str)> = requests
+        .iter()
+        .zip(&scores)
+        .enumerate()
+        .flat_map(|(index, (request, score))| {
+            let profile = profiles.get(request.user_id.as_str()).copied();
+            let (_, rules) = decide(*score, request, profile);
+            rules.into_iter().map(move |rule| (index, rule))
+        })
+        .collect();
+    let mut traced_model = InstrumentedModel::new(
+        TracingOnlyModel {
+            device: model.device().clone(),
+        },
+        instrumentation.clone(),
+    );
+    let fetch_attributes = {
+        let mut attributes = store.span_attributes();
+        attributes.push(KeyValue::new("db.system.name", store.system()));
+        attributes.push(KeyValue::new(
+            mqtrace::core::semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+            BATCH as i64,
+        ));
+        attributes
+    };
+
+    // The links alone, as `BatchSpanBuilder::start` collects them.
+    let collect_links = || {
+        let started = Instant::now();
+        let links: Vec<opentelemetry::trace::Link> =
+            batch.iter().filter_map(InboundMessage::link).collect();
+        let elapsed = started.elapsed().as_secs_f64();
+        black_box(links);
+        elapsed
+    };
+    // One batch's tracing; returns (link building, everything) in seconds.
+    let mut trace_batch = || -> anyhow::Result<(f64, f64)> {
+        let started = Instant::now();
+        let batch_span = BatchSpanBuilder::new("kafka", topic.clone())
+            .with_link_limit(DEFAULT_LINK_LIMIT)
+            .with_consumer_group(Some("scorers"))
+            .with_client_id(Some("worker-1"))
+            .with_attributes([KeyValue::new(MQTRACE_BATCH_FORMATION_MS, 12.5)])
+            .start(instrumentation, &batch, &Context::new());
+        let links = started.elapsed().as_secs_f64();
+        let cx = batch_span.context().clone();
+        stage(
+            instrumentation,
+            "features.fetch",
+            &cx,
+            fetch_attributes.clone(),
+        )
+        .span()
+        .end();
+        let preprocess = stage(instrumentation, "features.preprocess", &cx, Vec::new());
+        preprocess
+            .span()
+            .set_attribute(KeyValue::new("mqtrace.data_quality.findings", 0_i64));
+        preprocess
+            .span()
+            .set_attribute(KeyValue::new("mqtrace.batch.malformed", 0_i64));
+        preprocess.span().end();
+        traced_model.execute(&rows, BATCH, &cx)?;
+        let post = stage(instrumentation, "postprocess", &cx, Vec::new());
+        for (index, rule) in &rules {
+            post.span().add_event(
+                "rule_triggered",
+                vec![
+                    KeyValue::new("rule.name", *rule),
+                    KeyValue::new("mqtrace.batch.index", *index as i64),
+                ],
+            );
+        }
+        post.span().end();
+        batch_span.end();
+        Ok((links, started.elapsed().as_secs_f64()))
+    };
+    // Not in the share (each reply's send span is messaging, measured by kafka_throughput):
+    // the send span and injected context of every reply.
+    let reply_spans = |batch_link: &opentelemetry::trace::Link| {
+        let propagation = instrumentation.propagation();
+        let started = Instant::now();
+        for (message, score) in batch.iter().zip(&scores) {
+            let span = MessagingSpanBuilder::new("kafka", OperationType::Send, "send")
+                .with_link(batch_link.clone())
+                .with_attributes([
+                    KeyValue::new(ML_DECISION, "approve"),
+                    KeyValue::new(ML_OUTPUT_SCORE_BUCKET, score_bucket(*score)),
+                ])
+                .with_destination("inference-replies")
+                .with_body_size(96)
+                .start(instrumentation, &message.extracted().context);
+            black_box(merge_kafka(None, &propagation.inject(span.context())));
+            span.end();
+        }
+        started.elapsed().as_secs_f64()
+    };
+
+    // Warm up, then interleave: one model run, then a few traced batches.
+    for _ in 0..3 {
+        trace_batch()?;
+        black_box(model.score(&rows, BATCH, &mut Phases::new())?);
+    }
+    let (mut model_s, mut tracing_s, mut links_s, mut reply_s, mut collect_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let batch_link = {
+        let span = BatchSpanBuilder::new("kafka", topic.clone()).start(
+            instrumentation,
+            &batch[..1],
+            &Context::new(),
+        );
+        let link = span.link();
+        span.end();
+        link
+    };
+    for _ in 0..sizes.batch_rounds {
+        let started = Instant::now();
+        black_box(model.score(&rows, BATCH, &mut Phases::new())?);
+        model_s.push(started.elapsed().as_secs_f64());
+        for _ in 0..4 {
+            collect_s.push(collect_links());
+            let (links, total) = trace_batch()?;
+            links_s.push(links);
+            tracing_s.push(total);
+        }
+        reply_s.push(reply_spans(&batch_link));
+    }
+    let model_time = median(&mut model_s);
+    let tracing_time = median(&mut tracing_s);
+    let links_time = median(&mut links_s);
+    let reply_time = median(&mut reply_s);
+    let collect_time = median(&mut collect_s);
+    let exported = telemetry.flush();
+    println!(
+        "batch_tracing_share: ratio={:.4}",
+        tracing_time / model_time
+    );
+    println!(
+        "  model: CpuModel {INPUT_WIDTH}→{}→{}→1 on {BATCH} rows: {:.2} ms (median of {})",
+        HIDDEN[0],
+        HIDDEN[1],
+        model_time * 1e3,
+        sizes.batch_rounds
+    );
+    println!(
+        "  tracing per batch of {BATCH}: {:.1} µs (batch span, {BATCH} links on it and {} batch.links spans, 3 stage spans, model.execute + cpu.compute, {} rule events; median of {})",
+        tracing_time * 1e6,
+        (BATCH - DEFAULT_LINK_LIMIT).div_ceil(DEFAULT_LINK_LIMIT),
+        rules.len(),
+        tracing_s.len()
+    );
+    println!(
+        "  link building: {:.1} µs per {BATCH} (BatchSpanBuilder::start: the links, the batch span and its batch.links spans; target < 50 µs); the {BATCH} Link values alone {:.1} µs",
+        links_time * 1e6,
+        collect_time * 1e6
+    );
+    println!(
+        "  not in the share: {BATCH} reply send spans with injected context {:.1} µs ({:.2} µs each; messaging, measured by kafka_throughput); {} spans exported",
+        reply_time * 1e6,
+        reply_time * 1e6 / BATCH as f64,
+        thousands(exported as f64)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// kafka_throughput
+// ---------------------------------------------------------------------------------------
+
+/// Assigns every partition of `topic` from the beginning (no group join).
+fn assign_all<C: Consumer>(consumer: &C, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(())
+}
+
+/// What one throughput round did.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    sent: usize,
+    consumed: usize,
+    elapsed: Duration,
+    /// CPU seconds this process used in the round, all threads.
+    cpu: f64,
+}
+
+impl Round {
+    fn rate(&self) -> f64 {
+        self.consumed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU microseconds per message, all of this process's threads.
+    fn cpu_per_message(&self) -> f64 {
+        self.cpu * 1e6 / self.consumed.max(1) as f64
+    }
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
+/// (clock ticks, assumed 100 per second as on every Linux this runs on); 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of the line, counting the state (field 3) as 0.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The two sides of a Kafka round, so raw and traced clients run the same loop.
+trait KafkaSide {
+    fn create(
+        config: &ClientConfig,
+        consumer: &ClientConfig,
+        telemetry: &InProcessTelemetry,
+    ) -> anyhow::Result<Self>
+    where
+        Self: Sized;
+    fn assign(&self, topic: &str) -> anyhow::Result<()>;
+    fn send<'a>(
+        &'a self,
+        record: FutureRecord<'a, [u8], [u8]>,
+    ) -> impl Future<Output = anyhow::Result<()>> + 'a;
+    /// Receives (and, traced, processes) one message; its payload length.
+    fn receive(&self) -> impl Future<Output = anyhow::Result<usize>> + Send + '_;
+}
+
+struct RawKafka {
+    producer: FutureProducer,
+    consumer: StreamConsumer,
+}
+
+impl KafkaSide for RawKafka {
+    fn create(
+        producer: &ClientConfig,
+        consumer: &ClientConfig,
+        _: &InProcessTelemetry,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: producer.create()?,
+            consumer: consumer.create()?,
+        })
+    }
+    fn assign(&self, topic: &str) -> anyhow::Result<()> {
+        assign_all(&self.consumer, topic, KAFKA_PARTITIONS)
+    }
+    async fn send<'a>(&'a self, record: FutureRecord<'a, [u8], [u8]>) -> anyhow::Result<()> {
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)?;
+        Ok(())
+    }
+    async fn receive(&self) -> anyhow::Result<usize> {
+        let message = self.consumer.recv().await?;
+        Ok(message.payload().map_or(0, <[u8]>::len))
+    }
+}
+
+struct TracedKafka {
+    producer: TracedProducer,
+    consumer: TracedConsumer,
+}
+
+impl KafkaSide for TracedKafka {
+    fn create(
+        producer: &ClientConfig,
+        consumer: &ClientConfig,
+        telemetry: &InProcessTelemetry,
+    ) -> anyhow::Result<Self> {
+        let instrumentation = telemetry.instrumentation.clone();
+        Ok(Self {
+            producer: TracedProducer::from_config(producer)?
+                .with_instrumentation(instrumentation.clone()),
+            consumer: TracedConsumer::from_config(consumer)?.with_instrumentation(instrumentation),
+        })
+    }
+    fn assign(&self, topic: &str) -> anyhow::Result<()> {
+        assign_all(self.consumer.inner(), topic, KAFKA_PARTITIONS)
+    }
+    async fn send<'a>(&'a self, record: FutureRecord<'a, [u8], [u8]>) -> anyhow::Result<()> {
+        self.producer.send(record, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+    async fn receive(&self) -> anyhow::Result<usize> {
+        let message = self.consumer.recv().await?;
+        let len = message.payload().map_or(0, <[u8]>::len);
+        Ok(self
+            .consumer
+            .process(&message, async { Ok::<_, Infallible>(len) })
+            .await?)
+    }
+}
+
+/// One round: `messages` × 1 KiB produced to a fresh topic while a consumer reads them.
+async fn kafka_round<S: KafkaSide + Send + Sync + 'static>(
+    kafka: &KafkaFixture,
+    telemetry: &InProcessTelemetry,
+    messages: usize,
+    payload: &[u8],
+) -> anyhow::Result<Round> {
+    let topic = kafka.create_topic("bench", KAFKA_PARTITIONS).await?;
+    let side = Arc::new(S::create(
+        &kafka.producer_config(),
+        &kafka.consumer_config(&unique_name("bench")),
+        telemetry,
+    )?);
+    side.assign(&topic)?;
+    // Warm-up: one message per partition, sent and read before the clock starts.
+    for partition in 0..KAFKA_PARTITIONS {
+        side.send(
+            FutureRecord::<[u8], [u8]>::to(&topic)
+                .partition(partition)
+                .payload(payload),
+        )
+        .await?;
+    }
+    for _ in 0..KAFKA_PARTITIONS {
+        tokio::time::timeout(IDLE_TIMEOUT, side.receive())
+            .await
+            .context("warm-up message")??;
+    }
+
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let cpu_started = cpu_seconds();
+    let started = Instant::now();
+    let reader = {
+        let side = Arc::clone(&side);
+        let consumed = Arc::clone(&consumed);
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            let mut bytes = 0;
+            while consumed.load(Ordering::Relaxed) < messages {
+                match tokio::time::timeout(IDLE_TIMEOUT, side.receive()).await {
+                    Ok(Ok(len)) => bytes += len,
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => break, // messages were lost: say so below
+                }
+                last = Instant::now();
+                consumed.fetch_add(1, Ordering::Relaxed);
+            }
+            black_box(bytes);
+            Ok(last)
+        })
+    };
+    let mut in_flight = FuturesUnordered::new();
+    for sent in 0..messages {
+        while sent.saturating_sub(consumed.load(Ordering::Relaxed)) > KAFKA_MAX_LAG {
+            match in_flight.next().await {
+                Some(result) => result?,
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        if in_flight.len() >= KAFKA_WINDOW {
+            in_flight.next().await.transpose()?;
+        }
+        in_flight.push(side.send(FutureRecord::<[u8], [u8]>::to(&topic).payload(payload)));
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    let last = reader.await??;
+    let cpu = cpu_seconds() - cpu_started;
+    let consumed = consumed.load(Ordering::Relaxed);
+    Ok(Round {
+        sent: messages,
+        consumed,
+        elapsed: last.duration_since(started),
+        cpu,
+    })
+}
+
+/// `kafka_throughput`: produce + consume through the embedded Kafka, raw rdkafka
+/// (`FutureProducer`/`StreamConsumer`) vs `TracedProducer`/`TracedConsumer` (a send span per
+/// message ended by its delivery report, a process span per message around the handler).
+async fn kafka_throughput(sizes: &Sizes) -> anyhow::Result<()> {
+    let telemetry = InProcessTelemetry::new();
+    let kafka = KafkaFixture::embedded(1)?;
+    let payload = payload();
+    let messages = sizes.kafka_messages;
+    let spans_before = telemetry.flush();
+    let (mut raw, mut traced, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_cpu, mut traced_cpu) = (Vec::new(), Vec::new());
+    let mut lost = 0;
+    for _ in 0..sizes.kafka_pairs {
+        let r = kafka_round::<RawKafka>(&kafka, &telemetry, messages, &payload).await?;
+        let t = kafka_round::<TracedKafka>(&kafka, &telemetry, messages, &payload).await?;
+        lost += (r.sent - r.consumed) + (t.sent - t.consumed);
+        ratios.push(t.rate() / r.rate());
+        raw.push(r.rate());
+        traced.push(t.rate());
+        raw_cpu.push(r.cpu_per_message());
+        traced_cpu.push(t.cpu_per_message());
+    }
+    let exported = telemetry.flush() - spans_before;
+    // Per traced round: a send and a process span per message, warm-up included.
+    let expected = sizes.kafka_pairs * 2 * (messages + KAFKA_PARTITIONS as usize);
+    let ratio = median(&mut ratios.clone());
+    println!("kafka_throughput: ratio={ratio:.2}");
+    println!(
+        "  raw {} msg/s, traced {} msg/s (medians); per-pair ratios {}",
+        thousands(median(&mut raw)),
+        thousands(median(&mut traced)),
+        list(&ratios, 3)
+    );
+    println!(
+        "  CPU per message, all threads (producer, consumer, librdkafka, the mock broker, span export): raw {:.1} µs, traced {:.1} µs",
+        median(&mut raw_cpu),
+        median(&mut traced_cpu)
+    );
+    println!(
+        "  {} pairs × {} messages × {PAYLOAD_BYTES} B each side, {KAFKA_PARTITIONS} partitions, producer ≤ {} ahead; lost: {lost}; spans exported {}/{}",
+        sizes.kafka_pairs,
+        thousands(messages as f64),
+        thousands(KAFKA_MAX_LAG as f64),
+        thousands(exported as f64),
+        thousands(expected as f64)
+    );
+    if lost > 0 {
+        println!(
+            "  WARNING: {lost} messages never reached the consumer; the rounds are not comparable"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// amqp_throughput
+// ---------------------------------------------------------------------------------------
+
+/// One round on a fresh queue: `messages` published with confirms (up to `AMQP_WINDOW`
+/// awaiting their confirm) while a consumer on its own connection receives and acks them.
+async fn amqp_round(
+    rabbit: &RabbitFixture,
+    telemetry: Option<&InProcessTelemetry>,
+    messages: usize,
+    payload: &[u8],
+) -> anyhow::Result<Round> {
+    let queue = rabbit.declare_queue("bench").await?;
+    let url = rabbit.url().to_owned();
+    let consumer_connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let consumer_channel = consumer_connection.create_channel().await?;
+    consumer_channel
+        .basic_qos(AMQP_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let lapin_consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&consumed);
+    // Both consumers ack every message; the traced one runs a process span around a no-op
+    // handler and its ack is a settle span.
+    let reader = match telemetry {
+        None => tokio::spawn(async move {
+            let mut consumer = lapin_consumer;
+            let mut last = Instant::now();
+            while count.load(Ordering::Relaxed) < messages {
+                let delivery = match tokio::time::timeout(IDLE_TIMEOUT, consumer.next()).await {
+                    Ok(Some(delivery)) => delivery?,
+                    Ok(None) | Err(_) => break,
+                };
+                black_box(delivery.data.len());
+                delivery.ack(BasicAckOptions::default()).await?;
+                last = Instant::now();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(last)
+        }),
+        Some(telemetry) => {
+            let mut consumer = AmqpTracedConsumer::new(lapin_consumer)
+                .with_instrumentation(telemetry.instrumentation.clone())
+                .with_server_from_url(&url);
+            tokio::spawn(async move {
+                let mut last = Instant::now();
+                while count.load(Ordering::Relaxed) < messages {
+                    let delivery = match tokio::time::timeout(IDLE_TIMEOUT, consumer.next()).await {
+                        Ok(Some(delivery)) => delivery?,
+                        Ok(None) | Err(_) => break,
+                    };
+                    let len = delivery.data.len();
+                    black_box(
+                        consumer
+                            .process(&delivery, async { Ok::<_, Infallible>(len) })
+                            .await?,
+                    );
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    last = Instant::now();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, anyhow::Error>(last)
+            })
+        }
+    };
+
+    let connection = Arc::new(Connection::connect(&url, ConnectionProperties::default()).await?);
+    let started;
+    let cpu_started = cpu_seconds();
+    match telemetry {
+        None => {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            started = Instant::now();
+            let (channel, queue) = (&channel, queue.as_str());
+            let publish = move || async move {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        payload,
+                        BasicProperties::default(),
+                    )
+                    .await?;
+                let confirmation = confirm.await?;
+                if !confirmation.is_ack() {
+                    bail!("the broker did not ack a publish: {confirmation:?}");
+                }
+                Ok(())
+            };
+            windowed(messages, AMQP_WINDOW, publish).await?;
+        }
+        Some(telemetry) => {
+            let publisher = TracedPublisher::open(Arc::clone(&connection))
+                .await?
+                .with_instrumentation(telemetry.instrumentation.clone())
+                .with_server_from_url(&url);
+            started = Instant::now();
+            let (publisher, queue) = (&publisher, queue.as_str());
+            let publish = move || async move {
+                publisher
+                    .publish(
+                        "",
+                        queue,
+                        BasicPublishOptions::default(),
+                        payload,
+                        BasicProperties::default(),
+                    )
+                    .await?;
+                Ok(())
+            };
+            windowed(messages, AMQP_WINDOW, publish).await?;
+        }
+    }
+    let last = reader.await??;
+    let cpu = cpu_seconds() - cpu_started;
+    let _ = consumer_connection.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(Round {
+        sent: messages,
+        consumed: consumed.load(Ordering::Relaxed),
+        elapsed: last.duration_since(started),
+        cpu,
+    })
+}
+
+/// Runs `count` operations with up to `window` in flight.
+async fn windowed<F, Fut>(count: usize, window: usize, operation: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..count {
+        if in_flight.len() >= window {
+            in_flight.next().await.transpose()?;
+        }
+        in_flight.push(operation());
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// `amqp_throughput`: publish with confirms + consume and ack through RabbitMQ, raw lapin vs
+/// `TracedPublisher`/`TracedConsumer`.
+async fn amqp_throughput(sizes: &Sizes) -> anyhow::Result<()> {
+    let telemetry = InProcessTelemetry::new();
+    let rabbit = RabbitFixture::connect().await?;
+    let payload = payload();
+    let messages = sizes.amqp_messages;
+    // Warm-up: connections, queue declarations and the broker's own caches.
+    amqp_round(&rabbit, None, messages / 10, &payload).await?;
+    amqp_round(&rabbit, Some(&telemetry), messages / 10, &payload).await?;
+    let spans_before = telemetry.flush();
+    let (mut raw, mut traced, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_cpu, mut traced_cpu) = (Vec::new(), Vec::new());
+    let mut lost = 0;
+    for _ in 0..sizes.amqp_pairs {
+        let r = amqp_round(&rabbit, None, messages, &payload).await?;
+        let t = amqp_round(&rabbit, Some(&telemetry), messages, &payload).await?;
+        lost += (r.sent - r.consumed) + (t.sent - t.consumed);
+        ratios.push(t.rate() / r.rate());
+        raw.push(r.rate());
+        traced.push(t.rate());
+        raw_cpu.push(r.cpu_per_message());
+        traced_cpu.push(t.cpu_per_message());
+    }
+    let exported = telemetry.flush() - spans_before;
+    // Per traced message: send, process and ack spans.
+    let expected = sizes.amqp_pairs * 3 * messages;
+    let ratio = median(&mut ratios.clone());
+    println!("amqp_throughput: ratio={ratio:.2}");
+    println!(
+        "  raw {} msg/s, traced {} msg/s (medians); per-pair ratios {}",
+        thousands(median(&mut raw)),
+        thousands(median(&mut traced)),
+        list(&ratios, 3)
+    );
+    println!(
+        "  client CPU per message (publisher, consumer, span export; RabbitMQ itself not counted): raw {:.1} µs, traced {:.1} µs",
+        median(&mut raw_cpu),
+        median(&mut traced_cpu)
+    );
+    println!(
+        "  {} pairs × {} messages × {PAYLOAD_BYTES} B each side, ≤ {AMQP_WINDOW} awaiting confirms, prefetch {AMQP_PREFETCH}, ack per message; lost: {lost}; spans exported {}/{}",
+        sizes.amqp_pairs,
+        thousands(messages as f64),
+        thousands(exported as f64),
+        thousands(expected as f64)
+    );
+    if lost > 0 {
+        println!(
+            "  WARNING: {lost} messages never reached the consumer; the rounds are not comparable"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// send_latency_blocked_exporter
+// ---------------------------------------------------------------------------------------
+
+/// Latencies, in seconds, of `count` traced sends one after the other.
+async fn send_latencies(
+    producer: &TracedProducer,
+    topic: &str,
+    count: usize,
+    payload: &[u8],
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(topic).payload(payload),
+                Duration::from_secs(30),
+            )
+            .await?;
+        latencies.push(started.elapsed().as_secs_f64());
+    }
+    Ok(latencies)
+}
+
+/// `send_latency_blocked_exporter`: one-at-a-time `TracedProducer` sends with mqtrace's own
+/// export pipeline (`telemetry::build`, OTLP/HTTP) to a collector that answers, and to one
+/// that holds every export forever (the testkit receiver with `Behaviour::Slow(MAX)`): the
+/// hanging collector must not show in the send latency.
+fn send_latency_blocked_exporter(runtime: &Runtime, sizes: &Sizes) -> anyhow::Result<()> {
+    let (healthy_collector, hanging_collector) = runtime.block_on(async {
+        Ok::<_, anyhow::Error>((OtlpReceiver::start().await?, OtlpReceiver::start().await?))
+    })?;
+    hanging_collector.set_behaviour(Behaviour::Slow(Duration::MAX));
+    let pipeline = |collector: &OtlpReceiver| {
+        telemetry::build(
+            TelemetryConfig::default()
+                .with_default_service_name("overhead-bench")
+                .with_destination(Destination::Otlp {
+                    endpoint: collector.http_endpoint(),
+                    protocol: OtlpProtocol::HttpProtobuf,
+                }),
+        )
+    };
+    // Built outside the runtime: the OTLP/HTTP exporter's blocking client must not be
+    // created or dropped on a runtime thread.
+    let healthy = pipeline(&healthy_collector)?;
+    let hanging = pipeline(&hanging_collector)?;
+    let instrumentation = |guard: &telemetry::TelemetryGuard| -> anyhow::Result<Instrumentation> {
+        Ok(Instrumentation::builder()
+            .with_tracer_provider(guard.tracer_provider().context("traces")?)
+            .with_meter_provider(guard.meter_provider().context("metrics")?)
+            .build())
+    };
+    let (healthy_instrumentation, hanging_instrumentation) =
+        (instrumentation(&healthy)?, instrumentation(&hanging)?);
+
+    let result = runtime.block_on(async {
+        let kafka = KafkaFixture::embedded(1)?;
+        let topic = kafka.create_topic("bench-latency", 1).await?;
+        let mut config = kafka.producer_config();
+        // Latency, not batching: no linger, so the timer is not what is measured.
+        config.set("linger.ms", "0");
+        let healthy_producer =
+            TracedProducer::from_config(&config)?.with_instrumentation(healthy_instrumentation);
+        let hanging_producer =
+            TracedProducer::from_config(&config)?.with_instrumentation(hanging_instrumentation);
+        let payload = payload();
+        // Warm-up past the export queue (2,048 spans by default): from here on the hanging
+        // pipeline's queue is full and every span it is given is dropped and counted.
+        let warm_up = 2_500;
+        send_latencies(&healthy_producer, &topic, warm_up, &payload).await?;
+        send_latencies(&hanging_producer, &topic, warm_up, &payload).await?;
+
+        let (mut p50_ratios, mut p99_ratios) = (Vec::new(), Vec::new());
+        let (mut healthy_all, mut hanging_all) = (Vec::new(), Vec::new());
+        for _ in 0..sizes.latency_pairs {
+            let mut h =
+                send_latencies(&healthy_producer, &topic, sizes.latency_sends, &payload).await?;
+            let mut b =
+                send_latencies(&hanging_producer, &topic, sizes.latency_sends, &payload).await?;
+            p50_ratios.push(quantile(&mut b, 0.5) / quantile(&mut h, 0.5));
+            p99_ratios.push(quantile(&mut b, 0.99) / quantile(&mut h, 0.99));
+            healthy_all.extend(h);
+            hanging_all.extend(b);
+        }
+        Ok::<_, anyhow::Error>((p50_ratios, p99_ratios, healthy_all, hanging_all))
+    });
+    let accepted_by_hanging = hanging_collector.accepted_requests();
+    // Release the held exports so both pipelines shut down promptly.
+    hanging_collector.set_behaviour(Behaviour::Normal);
+    drop(healthy);
+    drop(hanging);
+    let (p50_ratios, p99_ratios, mut healthy_all, mut hanging_all) = result?;
+    let p50 = median(&mut p50_ratios.clone());
+    let p99 = median(&mut p99_ratios.clone());
+    println!("send_latency_blocked_exporter: ratio={:.2}", p50.max(p99));
+    println!(
+        "  p50 {:.3} ms healthy vs {:.3} ms hanging collector, p99 {:.3} ms vs {:.3} ms (all sends pooled)",
+        quantile(&mut healthy_all, 0.5) * 1e3,
+        quantile(&mut hanging_all, 0.5) * 1e3,
+        quantile(&mut healthy_all, 0.99) * 1e3,
+        quantile(&mut hanging_all, 0.99) * 1e3,
+    );
+    println!(
+        "  ratios hanging/healthy: p50 {p50:.3}, p99 {p99:.3} (per pair: p50 {}; p99 {}); {} pairs × {} sequential sends, linger.ms=0; the hanging collector completed {accepted_by_hanging} exports",
+        list(&p50_ratios, 3),
+        list(&p99_ratios, 3),
+        sizes.latency_pairs,
+        thousands(sizes.latency_sends as f64)
+    );
+    Ok(())
+}
