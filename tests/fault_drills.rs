@@ -174,21 +174,8 @@ async fn drill_3_rabbitmq_connection_cut_mid_publish_loses_nothing() {
         .with_server_from_url(&url);
 
     // The consumer is on the fixture's connection, which the drill leaves alone.
-    let mut consumer = h.consumer().await;
-    let (ids_tx, mut ids) = tokio::sync::mpsc::unbounded_channel();
-    let consuming = tokio::spawn(async move {
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery.expect("delivery");
-            consumer
-                .process(&delivery, async { Ok::<_, std::io::Error>(()) })
-                .await
-                .expect("handler");
-            delivery.ack(BasicAckOptions::default()).await.expect("ack");
-            let id = String::from_utf8(delivery.data.clone()).expect("utf-8 id");
-            if ids_tx.send(id).is_err() {
-                return;
-            }
-        }
+    let (consuming, mut ids) = consume_and_ack(h.consumer().await, |delivery| {
+        String::from_utf8(delivery.data.clone()).expect("utf-8 id")
     });
 
     // Cut the connection from the broker's side once 300 publishes were confirmed, while the
@@ -1375,27 +1362,15 @@ async fn drill_6_hostile_headers_through_rabbitmq_are_all_delivered_without_pani
     let _drill = one_at_a_time().await;
     let started = Instant::now();
     let h = AmqpHarness::new("drill-6").await;
-    let mut consumer = h.consumer().await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consuming = tokio::spawn(async move {
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery.expect("delivery");
-            consumer
-                .process(&delivery, async { Ok::<_, std::io::Error>(()) })
-                .await
-                .expect("handler");
-            delivery.ack(BasicAckOptions::default()).await.expect("ack");
-            let id = delivery
-                .data
-                .split(|b| *b == b' ')
-                .next()
-                .and_then(|id| std::str::from_utf8(id).ok())
-                .and_then(|id| id.parse::<usize>().ok())
-                .expect("id");
-            if tx.send((id, delivery.extracted().clone())).is_err() {
-                return;
-            }
-        }
+    let (consuming, mut rx) = consume_and_ack(h.consumer().await, |delivery| {
+        let id = delivery
+            .data
+            .split(|b| *b == b' ')
+            .next()
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .and_then(|id| id.parse::<usize>().ok())
+            .expect("id");
+        (id, delivery.extracted().clone())
     });
 
     // A foreign client publishes, with confirms, so every message is known to be stored.
@@ -1464,4 +1439,31 @@ async fn drill_6_hostile_headers_through_rabbitmq_are_all_delivered_without_pani
         "drill 6 (RabbitMQ): {HOSTILE} delivered, {invalid} with unusable context, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Processes (traced) and acks every delivery of `consumer` on a task, sending what `read`
+/// takes from each delivery to the returned channel; the task ends when the channel's
+/// receiver is dropped.
+fn consume_and_ack<T: Send + 'static>(
+    mut consumer: mqtrace::amqp::TracedConsumer,
+    read: impl Fn(&mqtrace::amqp::TracedDelivery) -> T + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<T>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.expect("delivery");
+            consumer
+                .process(&delivery, async { Ok::<_, std::io::Error>(()) })
+                .await
+                .expect("handler");
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            if tx.send(read(&delivery)).is_err() {
+                return;
+            }
+        }
+    });
+    (consuming, rx)
 }
