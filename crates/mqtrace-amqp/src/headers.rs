@@ -53,7 +53,8 @@ impl HeaderSource for AmqpHeaders<'_> {
 
 /// Merges `injected` into `existing` headers: headers the propagator owns are replaced (any
 /// case), others kept; injected values are written as LongString. Returns `existing`
-/// unchanged when nothing was injected.
+/// unchanged when nothing was injected. An injected key longer than an AMQP field name can
+/// be (255 bytes; only a custom propagator could write one) is left out.
 ///
 /// # Example
 ///
@@ -92,10 +93,12 @@ pub fn merge_injected(
         })
         .unwrap_or_default();
     for (key, value) in injected.iter() {
-        table.insert(
-            ShortString::from(key),
-            AMQPValue::LongString(LongString::from(value)),
-        );
+        // AMQP field names are short strings (at most 255 bytes). The W3C and Baggage
+        // propagators' keys are short; a custom propagator's longer key cannot be an AMQP
+        // header at all, so it is left out rather than panicking in `ShortString::from`.
+        if let Ok(key) = ShortString::try_new(key) {
+            table.insert(key, AMQPValue::LongString(LongString::from(value)));
+        }
     }
     Some(FieldTable::from(table))
 }
@@ -139,6 +142,22 @@ mod tests {
         let extractor = HeaderExtractor::new(&carrier, HeaderPolicy::default());
         assert_eq!(extractor.get("traceparent"), None);
         assert!(extractor.invalid().is_some());
+    }
+
+    #[test]
+    fn an_injected_key_too_long_for_amqp_is_left_out_without_panicking() {
+        // Found by the amqp_headers fuzz target's harness: `ShortString::from` panics past
+        // 255 bytes, and a custom propagator may write any key.
+        let long_key = "k".repeat(256);
+        let mut inj = injected("fresh");
+        inj.set(&long_key, "value".to_owned());
+        let merged = merge_injected(None, &inj).expect("headers");
+        let keys: Vec<_> = merged
+            .inner()
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        assert_eq!(keys, ["traceparent"]);
     }
 
     fn arb_value() -> impl Strategy<Value = AMQPValue> {

@@ -8,6 +8,8 @@
 //!   down) with unique, self-cleaning queues and exchanges;
 //! - [`kafka_control`]: the control port through which a test process creates topics on an
 //!   embedded Kafka running in another process (`mqtrace mock-kafka`);
+//! - [`header_oracle`]: properties every broker's header carrier must keep, for fuzz and
+//!   property tests;
 //! - [`capture`]: in-memory tracer and meter providers, with assertions on the span graph
 //!   (names, kinds, parents, links, attributes) and on metrics;
 //! - [`otlp`]: a real OTLP receiver (gRPC and HTTP/protobuf) that keeps what it received and
@@ -30,6 +32,7 @@
 
 pub mod amqp;
 pub mod capture;
+pub mod header_oracle;
 pub mod kafka;
 pub mod kafka_control;
 pub mod otlp;

@@ -1,0 +1,207 @@
+//! Properties of header extraction and injection that hold for every broker's header type,
+//! checked against an oracle written without mqtrace's carrier code.
+//!
+//! The fuzz targets (`fuzz/`, `scripts/fuzz`) and the property tests
+//! (`tests/header_properties.rs`) build a client's header list (rdkafka headers, a lapin
+//! `FieldTable`) from generated input, describe what it holds as a plain [`Model`], and call
+//! [`check_extraction`] and [`check_merge`]:
+//!
+//! - the carrier reports exactly the model's headers;
+//! - extraction finds a context exactly when the last `traceparent` (any case) is text, at most
+//!   [`DEFAULT_MAX_VALUE_LEN`] bytes, UTF-8 and valid ([`expected_context`]), with the same
+//!   trace id, span id and sampled flag; `Missing` only when no span-context header is there;
+//! - extract → inject → extract is a fixed point;
+//! - a merge keeps every foreign header (keys that are not UTF-8 included), leaves exactly the
+//!   injected propagation headers, and reads back as the injected context.
+//!
+//! ```
+//! use mqtrace_testkit::header_oracle::{Model, Pairs, check_extraction};
+//!
+//! let model: Model = vec![(
+//!     b"TraceParent".to_vec(),
+//!     Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+//! )];
+//! let extracted = check_extraction(&Pairs(&model), &model);
+//! assert!(extracted.remote_span_context().is_some());
+//! ```
+
+use std::sync::{Arc, OnceLock};
+
+use mqtrace_core::carrier::{DEFAULT_MAX_VALUE_LEN, HeaderSource, InjectedHeaders};
+use mqtrace_core::propagation::{ExtractOutcome, Extracted, Propagation, strict_w3c_propagator};
+use mqtrace_core::trace_context::parse_traceparent;
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+/// A header list as plain bytes: what the broker's header type must report.
+pub type Model = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// mqtrace's default propagators (strict W3C Trace Context, then Baggage), pinned so that no
+/// global state matters.
+pub fn propagation() -> &'static Propagation {
+    static PROPAGATION: OnceLock<Propagation> = OnceLock::new();
+    PROPAGATION.get_or_init(|| Propagation::custom(Arc::new(strict_w3c_propagator())))
+}
+
+/// Every header `source` reports, as bytes, in its order.
+pub fn visited<S: HeaderSource + ?Sized>(source: &S) -> Model {
+    let mut seen = Vec::new();
+    source.for_each_header(&mut |key, value| {
+        seen.push((key.as_bytes().to_vec(), value.map(<[u8]>::to_vec)));
+    });
+    seen
+}
+
+fn is_key(key: &[u8], name: &str) -> bool {
+    key.eq_ignore_ascii_case(name.as_bytes())
+}
+
+/// The span context extraction must find in `model` (the headers as the carrier reports
+/// them), worked out from the W3C rules without mqtrace's carrier: the *last* `traceparent`
+/// (any case) wins; its value must be text, at most [`DEFAULT_MAX_VALUE_LEN`] bytes, UTF-8,
+/// and a valid traceparent.
+pub fn expected_context(model: &Model) -> Option<(TraceId, SpanId, bool)> {
+    let (_, value) = model
+        .iter()
+        .rev()
+        .find(|(key, _)| is_key(key, "traceparent"))?;
+    let value = value.as_deref()?;
+    if value.len() > DEFAULT_MAX_VALUE_LEN {
+        return None;
+    }
+    let parsed = parse_traceparent(std::str::from_utf8(value).ok()?)?;
+    Some((parsed.trace_id, parsed.parent_id, parsed.flags.is_sampled()))
+}
+
+/// Extracts from `source` and checks the result against `model`, which must be exactly what
+/// `source` reports (checked first). Returns the extraction.
+///
+/// # Panics
+///
+/// When a property does not hold: that is the fuzzer's finding.
+pub fn check_extraction<S: HeaderSource + ?Sized>(source: &S, model: &Model) -> Extracted {
+    assert_eq!(&visited(source), model, "the carrier reports other headers");
+    let extracted = propagation().extract(source);
+    let found = extracted.remote_span_context();
+    let expected = expected_context(model);
+    match (&extracted.outcome, &found, expected) {
+        (ExtractOutcome::Found, Some(sc), Some((trace_id, span_id, sampled))) => {
+            assert_eq!(sc.trace_id(), trace_id);
+            assert_eq!(sc.span_id(), span_id);
+            assert_eq!(sc.is_sampled(), sampled);
+            assert!(sc.is_remote());
+        }
+        (ExtractOutcome::Missing, None, None) => {
+            assert!(
+                !model
+                    .iter()
+                    .any(|(k, _)| is_key(k, "traceparent") || is_key(k, "tracestate")),
+                "a span-context header was present but the outcome is Missing"
+            );
+        }
+        (ExtractOutcome::Invalid(invalid), None, None) => {
+            assert!(
+                ["traceparent", "tracestate", "baggage"].contains(&invalid.key.as_ref()),
+                "invalid header reported under key {:?}",
+                invalid.key
+            );
+        }
+        (outcome, found, expected) => {
+            panic!("outcome {outcome:?}, found {found:?}, expected {expected:?}")
+        }
+    }
+    // Extract → inject → extract is a fixed point: what a forwarder re-sends reads back the same.
+    if let Some(sc) = found {
+        let reinjected = propagation().inject(&extracted.context);
+        let reinjected_model: Model = reinjected
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
+            .collect();
+        let again = propagation().extract(&Pairs(&reinjected_model));
+        let again = again
+            .remote_span_context()
+            .expect("a re-injected context reads back");
+        assert_eq!(again.trace_id(), sc.trace_id());
+        assert_eq!(again.span_id(), sc.span_id());
+        assert_eq!(again.trace_flags(), sc.trace_flags());
+        assert_eq!(again.trace_state().header(), sc.trace_state().header());
+    }
+    extracted
+}
+
+/// A plain header list as a carrier (keys that are not UTF-8 are skipped, as the broker
+/// carriers do).
+#[derive(Debug)]
+pub struct Pairs<'m>(pub &'m Model);
+
+impl HeaderSource for Pairs<'_> {
+    fn for_each_header<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>)) {
+        for (key, value) in self.0 {
+            if let Ok(key) = std::str::from_utf8(key) {
+                visit(key, value.as_deref());
+            }
+        }
+    }
+}
+
+/// A fresh sampled context to inject, its ids taken from `seed` (never zero).
+pub fn fresh_context(seed: u64) -> Context {
+    let span_context = SpanContext::new(
+        TraceId::from(u128::from(seed) << 64 | 0x5eed),
+        SpanId::from(seed | 1),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::NONE,
+    );
+    Context::new().with_remote_span_context(span_context)
+}
+
+/// What injecting `cx` writes.
+pub fn inject(cx: &Context) -> InjectedHeaders {
+    propagation().inject(cx)
+}
+
+/// Checks a merge: `after` (every header of the merged list, keys as bytes) must be `before`
+/// without the headers `injected` replaces (any case; keys that are not UTF-8 are never
+/// replaced) followed by the injected headers, and extraction from it must find `cx`.
+///
+/// With `ordered` false (a `FieldTable` is a map sorted by key) the lists are compared as
+/// multisets.
+///
+/// # Panics
+///
+/// When a property does not hold.
+pub fn check_merge(
+    before: &Model,
+    injected: &InjectedHeaders,
+    after: &Model,
+    cx: &Context,
+    ordered: bool,
+) {
+    let mut expected: Model = before
+        .iter()
+        .filter(|(key, _)| std::str::from_utf8(key).map_or(true, |key| !injected.replaces(key)))
+        .cloned()
+        .collect();
+    expected.extend(
+        injected
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))),
+    );
+    let mut actual = after.clone();
+    if !ordered {
+        expected.sort();
+        actual.sort();
+    }
+    assert_eq!(
+        actual, expected,
+        "the merge lost, added or reordered headers"
+    );
+    let read_back = propagation()
+        .extract(&Pairs(after))
+        .remote_span_context()
+        .expect("the merged headers carry the injected context");
+    let sent = cx.span().span_context().clone();
+    assert_eq!(read_back.trace_id(), sent.trace_id());
+    assert_eq!(read_back.span_id(), sent.span_id());
+}
