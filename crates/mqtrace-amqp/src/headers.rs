@@ -82,16 +82,22 @@ pub fn merge_injected(
     if injected.is_empty() {
         return existing;
     }
-    let mut table: BTreeMap<ShortString, AMQPValue> = existing
-        .map(|table| {
-            table
-                .inner()
-                .iter()
-                .filter(|(key, _)| !injected.replaces(key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut table = match existing {
+        // `FieldTable` has no remove: only a table holding a stale propagation header is
+        // rebuilt; the common one (none there) takes the injected headers in place.
+        Some(table) if table.inner().keys().any(|key| injected.replaces(key.as_str())) => {
+            FieldTable::from(
+                table
+                    .inner()
+                    .iter()
+                    .filter(|(key, _)| !injected.replaces(key.as_str()))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect::<BTreeMap<ShortString, AMQPValue>>(),
+            )
+        }
+        Some(table) => table,
+        None => FieldTable::default(),
+    };
     for (key, value) in injected.iter() {
         // AMQP field names are short strings (at most 255 bytes). The W3C and Baggage
         // propagators' keys are short; a custom propagator's longer key cannot be an AMQP
@@ -100,7 +106,7 @@ pub fn merge_injected(
             table.insert(key, AMQPValue::LongString(LongString::from(value)));
         }
     }
-    Some(FieldTable::from(table))
+    Some(table)
 }
 
 #[cfg(test)]

@@ -215,6 +215,52 @@ pub fn partition_id(partition: i32) -> StringValue {
     }
 }
 
+/// A destination (topic, queue, exchange) name as an attribute string, shared between the
+/// messages that name it.
+///
+/// A client records its destination on every message's spans and metrics; copying the name
+/// each time is an allocation per span. Each thread keeps the last few names it saw
+/// (`DESTINATION_CACHE` of them, most recent first), so a hit costs a short string compare
+/// and a reference-count increment: no lock, no allocation. A miss makes the string once.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::span::destination_name;
+///
+/// let first = destination_name("orders");
+/// let second = destination_name("orders");
+/// assert_eq!(first.as_str(), "orders");
+/// assert!(std::ptr::eq(first.as_str(), second.as_str())); // the same string, not a copy
+/// ```
+pub fn destination_name(name: &str) -> StringValue {
+    const DESTINATION_CACHE: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<Arc<str>>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let cached = RECENT.try_with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let shared = match recent.iter().position(|seen| &**seen == name) {
+            Some(0) => Arc::clone(&recent[0]),
+            Some(index) => {
+                let hit = recent.remove(index);
+                recent.insert(0, Arc::clone(&hit));
+                hit
+            }
+            None => {
+                let made = Arc::<str>::from(name);
+                recent.truncate(DESTINATION_CACHE - 1);
+                recent.insert(0, Arc::clone(&made));
+                made
+            }
+        };
+        StringValue::from(shared)
+    });
+    // Only while the thread is being torn down is the cache gone.
+    cached.unwrap_or_else(|_| StringValue::from(name.to_owned()))
+}
+
 /// Links and attributes a caller adds to a span beyond the standard ones (a reply's send
 /// span linking to the batch that produced it, with its decision, for one).
 #[derive(Debug, Clone, Default)]
@@ -651,6 +697,22 @@ mod tests {
         struct HandlerError;
         assert_eq!(error_type_name::<HandlerError>(), "HandlerError");
         assert_eq!(error_type_name::<Vec<u8>>(), "Vec");
+    }
+
+    #[test]
+    fn destination_names_are_shared_and_the_cache_stays_bounded() {
+        let orders = destination_name("orders");
+        for i in 0..100 {
+            assert_eq!(
+                destination_name(&format!("topic-{i}")).as_str(),
+                format!("topic-{i}")
+            );
+        }
+        // Evicted after 100 other names: a new string, equal in value.
+        let again = destination_name("orders");
+        assert_eq!(again.as_str(), orders.as_str());
+        let hit = destination_name("orders");
+        assert!(std::ptr::eq(again.as_str(), hit.as_str()));
     }
 
     #[test]

@@ -5,13 +5,13 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use mqtrace_core::propagation::{ExtractOutcome, Extracted};
-use mqtrace_core::span::{parse_server, partition_id};
+use mqtrace_core::span::{destination_name, parse_server, partition_id};
 use mqtrace_core::{
     Instrumentation, KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode,
     semconv,
 };
 use opentelemetry::trace::Link;
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
@@ -251,20 +251,26 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     }
 
     fn record_consumed(&self, topic: &str, count: u64) {
-        let mut attributes = vec![
+        // Runs per message: the attributes live on the stack, the topic is shared.
+        let mut attributes = [
             KeyValue::new(semconv::MESSAGING_SYSTEM, SYSTEM),
             KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "poll"),
-            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, topic.to_owned()),
+            KeyValue::new(
+                semconv::MESSAGING_DESTINATION_NAME,
+                Value::String(destination_name(topic)),
+            ),
+            KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, ""),
         ];
-        if let Some(group) = &self.group {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                group.clone(),
-            ));
-        }
+        let used = match &self.group {
+            Some(group) => {
+                attributes[3].value = Value::String(group.clone());
+                4
+            }
+            None => 3,
+        };
         self.instrumentation
             .metrics()
-            .record_consumed(&attributes, count);
+            .record_consumed(&attributes[..used], count);
     }
 
     /// Waits for the next message. Cancel-safe: dropping the future loses no message.
@@ -312,7 +318,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Receive, "poll")
             .with_links(batch.iter().filter_map(TracedMessage::link));
         if same_topic {
-            builder = builder.with_destination(crate::shared(first_topic));
+            builder = builder.with_destination(destination_name(first_topic));
         }
         builder = self.with_client_attributes(builder);
         let mut span = builder.start_at(&self.instrumentation, &Context::current(), started);
@@ -342,7 +348,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     pub fn process_span(&self, message: &TracedMessage<'_>) -> MessagingSpan {
         let (parent, links) = self.parent_mode.parent_and_links(&message.extracted);
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Process, "process")
-            .with_destination(crate::shared(message.topic()))
+            .with_destination(destination_name(message.topic()))
             .with_partition(message.partition())
             .with_attribute(KeyValue::new(
                 semconv::MESSAGING_KAFKA_OFFSET,
@@ -380,7 +386,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// Commits `message`'s offset, traced as a CLIENT `commit {topic}` settle span.
     pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> Result<()> {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Settle, "commit")
-            .with_destination(crate::shared(message.topic()))
+            .with_destination(destination_name(message.topic()))
             .with_partition(message.partition())
             .with_attribute(KeyValue::new(
                 semconv::MESSAGING_KAFKA_OFFSET,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use mqtrace_core::span::{SpanExtras, parse_server, partition_id};
+use mqtrace_core::span::{SpanExtras, destination_name, parse_server, partition_id};
 use mqtrace_core::{Instrumentation, KeyCapture, MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::ClientConfig;
@@ -166,7 +166,7 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
     {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
             .with_extras(extras)
-            .with_destination(crate::shared(record.topic))
+            .with_destination(destination_name(record.topic))
             .with_body_size(record.payload.map_or(0, |p| p.to_bytes().len()));
         let partition_known = record.partition.is_some();
         if let Some(partition) = record.partition {
