@@ -11,27 +11,13 @@ use mqtrace::amqp::lapin::types::parsing::parse_field_table;
 use mqtrace::amqp::lapin::types::{AMQPValue, ByteArray, FieldTable, LongString, ShortString};
 use mqtrace::kafka::headers::{KafkaHeaders, raw_headers};
 use mqtrace_testkit::header_oracle::{
-    Model, check_extraction, check_merge, fresh_context, inject, visited,
+    Model, cased, check_extraction, check_merge, fresh_context, inject, kafka_headers, visited,
 };
 use proptest::prelude::*;
-use rdkafka::message::OwnedHeaders;
 
 /// A key: a propagation key with some letters upper-cased, or any bytes.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    let cased = |name: &'static str| {
-        any::<u16>().prop_map(move |mask| {
-            name.bytes()
-                .enumerate()
-                .map(|(i, b)| {
-                    if mask & (1 << (i % 16)) != 0 {
-                        b.to_ascii_uppercase()
-                    } else {
-                        b
-                    }
-                })
-                .collect()
-        })
-    };
+    let cased = |name: &'static str| any::<u16>().prop_map(move |mask| cased(name, mask));
     prop_oneof![
         3 => cased("traceparent"),
         2 => cased("tracestate"),
@@ -86,33 +72,6 @@ fn value() -> impl Strategy<Value = Option<Vec<u8>>> {
 
 fn headers() -> impl Strategy<Value = Model> {
     proptest::collection::vec((key(), value()), 0..12)
-}
-
-/// Adds a header with any key bytes, as a C or Go producer can; librdkafka copies both.
-#[allow(unsafe_code)]
-fn add_raw(headers: &mut OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
-    let list = std::ptr::from_ref(headers.as_borrowed())
-        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
-        .cast_mut();
-    let (value_ptr, value_len) = match value {
-        Some(value) => (value.as_ptr().cast(), value.len() as isize),
-        None => (std::ptr::null(), 0),
-    };
-    // SAFETY: `list` is the live list `headers` owns (`as_borrowed` is a cast of it), held
-    // mutably here; the key and value pointers are valid for the lengths given.
-    let error = unsafe {
-        rdkafka::bindings::rd_kafka_header_add(
-            list,
-            key.as_ptr().cast(),
-            key.len() as isize,
-            value_ptr,
-            value_len,
-        )
-    };
-    assert_eq!(
-        error,
-        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-    );
 }
 
 /// A `FieldTable` holding `generated` (later duplicates win, as in a map), and its model.
@@ -203,14 +162,7 @@ proptest! {
 
     #[test]
     fn kafka_headers_extract_and_merge_as_the_oracle_says(generated in headers(), seed in any::<u64>()) {
-        let mut headers = OwnedHeaders::new_with_capacity(generated.len());
-        let mut model: Model = Vec::new();
-        for (key, value) in &generated {
-            add_raw(&mut headers, key, value.as_deref());
-            // librdkafka keeps keys NUL-terminated: a key reads up to its first NUL.
-            let stored = key.split(|b| *b == 0).next().unwrap_or_default().to_vec();
-            model.push((stored, value.clone()));
-        }
+        let (headers, model) = kafka_headers(&generated);
         let raw: Model = raw_headers(headers.as_borrowed())
             .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
             .collect();

@@ -7,48 +7,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtrace_fuzz::{FuzzHeader, Model, check_extraction, check_merge, fresh_context, inject};
+use mqtrace_fuzz::{
+    FuzzHeader, Model, check_extraction, check_merge, fresh_context, inject, kafka_headers,
+};
 use mqtrace_kafka::headers::{KafkaHeaders, merge_injected, raw_headers};
-use rdkafka::message::OwnedHeaders;
-
-/// Adds a header with any key bytes, the way a C or Go producer can; librdkafka copies both.
-fn add_raw(headers: &mut OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
-    let list = std::ptr::from_ref(headers.as_borrowed())
-        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
-        .cast_mut();
-    let (value_ptr, value_len) = match value {
-        Some(value) => (value.as_ptr().cast(), value.len() as isize),
-        None => (std::ptr::null(), 0),
-    };
-    // SAFETY: `list` is the live list `headers` owns (`as_borrowed` is a cast of it) and we
-    // hold it mutably; key and value pointers are valid for the lengths given.
-    let error = unsafe {
-        rdkafka::bindings::rd_kafka_header_add(
-            list,
-            key.as_ptr().cast(),
-            key.len() as isize,
-            value_ptr,
-            value_len,
-        )
-    };
-    assert_eq!(
-        error,
-        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-    );
-}
 
 fuzz_target!(|input: (Vec<FuzzHeader>, u64)| {
     let (generated, seed) = input;
-    let mut headers = OwnedHeaders::new_with_capacity(generated.len());
-    let mut model: Model = Vec::with_capacity(generated.len());
-    for header in &generated {
-        let key = header.key.bytes();
-        let value = header.value.bytes();
-        add_raw(&mut headers, &key, value.as_deref());
-        // librdkafka keeps keys NUL-terminated: a key reads up to its first NUL.
-        let stored = key.split(|b| *b == 0).next().unwrap_or_default().to_vec();
-        model.push((stored, value));
-    }
+    let generated: Model = generated
+        .iter()
+        .map(|header| (header.key.bytes(), header.value.bytes()))
+        .collect();
+    let (headers, model) = kafka_headers(&generated);
 
     // Every header, whatever its key's bytes, in order.
     let raw: Model = raw_headers(headers.as_borrowed())

@@ -32,18 +32,6 @@ pub enum FuzzKey {
 impl FuzzKey {
     /// The key's bytes.
     pub fn bytes(&self) -> Vec<u8> {
-        fn cased(name: &str, mask: u16) -> Vec<u8> {
-            name.bytes()
-                .enumerate()
-                .map(|(i, b)| {
-                    if mask & (1 << (i % 16)) != 0 {
-                        b.to_ascii_uppercase()
-                    } else {
-                        b
-                    }
-                })
-                .collect()
-        }
         match self {
             FuzzKey::Traceparent(mask) => cased("traceparent", *mask),
             FuzzKey::Tracestate(mask) => cased("tracestate", *mask),

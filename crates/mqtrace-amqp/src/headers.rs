@@ -85,7 +85,12 @@ pub fn merge_injected(
     let mut table = match existing {
         // `FieldTable` has no remove: only a table holding a stale propagation header is
         // rebuilt; the common one (none there) takes the injected headers in place.
-        Some(table) if table.inner().keys().any(|key| injected.replaces(key.as_str())) => {
+        Some(table)
+            if table
+                .inner()
+                .keys()
+                .any(|key| injected.replaces(key.as_str())) =>
+        {
             FieldTable::from(
                 table
                     .inner()

@@ -205,3 +205,66 @@ pub fn check_merge(
     assert_eq!(read_back.trace_id(), sent.trace_id());
     assert_eq!(read_back.span_id(), sent.span_id());
 }
+
+/// `name` with the letters whose bit is set in `mask` upper-cased (bit `i % 16` for letter
+/// `i`): the spellings of a propagation key a foreign client may send.
+///
+/// ```
+/// assert_eq!(mqtrace_testkit::header_oracle::cased("baggage", 0b101), b"BaGgage");
+/// ```
+pub fn cased(name: &str, mask: u16) -> Vec<u8> {
+    name.bytes()
+        .enumerate()
+        .map(|(i, b)| {
+            if mask & (1 << (i % 16)) != 0 {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+/// A librdkafka header list holding `headers` as a C or Go producer can write them (keys of
+/// any bytes, null values), and the model of what it then holds: librdkafka keeps keys
+/// NUL-terminated, so a key reads up to its first NUL.
+///
+/// ```
+/// use mqtrace_testkit::header_oracle::kafka_headers;
+///
+/// let (headers, stored) = kafka_headers(&vec![(b"k\0ey".to_vec(), None)]);
+/// assert_eq!(stored, vec![(b"k".to_vec(), None)]);
+/// # let _ = headers;
+/// ```
+#[allow(unsafe_code)]
+pub fn kafka_headers(headers: &Model) -> (rdkafka::message::OwnedHeaders, Model) {
+    use rdkafka::bindings::{rd_kafka_header_add, rd_kafka_headers_t, rd_kafka_resp_err_t};
+
+    let list = rdkafka::message::OwnedHeaders::new_with_capacity(headers.len());
+    let native = std::ptr::from_ref(list.as_borrowed())
+        .cast::<rd_kafka_headers_t>()
+        .cast_mut();
+    let mut stored = Model::with_capacity(headers.len());
+    for (key, value) in headers {
+        let (value_ptr, value_len) = match value {
+            Some(value) => (value.as_ptr().cast(), value.len() as isize),
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `native` is the live list `list` owns (rdkafka's `as_borrowed` is a cast
+        // of it), which nothing else can reach until it is returned; librdkafka copies the
+        // key and value, whose pointers are valid for the lengths given.
+        let error = unsafe {
+            rd_kafka_header_add(
+                native,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                value_ptr,
+                value_len,
+            )
+        };
+        assert_eq!(error, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        let key = key.split(|b| *b == 0).next().unwrap_or_default();
+        stored.push((key.to_vec(), value.clone()));
+    }
+    (list, stored)
+}
