@@ -47,6 +47,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod batch;
+mod bound_metrics;
 pub mod carrier;
 mod error;
 pub mod instrumentation;

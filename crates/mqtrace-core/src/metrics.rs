@@ -9,14 +9,28 @@
 //! | `mqtrace.propagation.invalid` | counter | `{message}` |
 //!
 //! Durations use the semconv bucket advice ([`semconv::DURATION_BUCKETS_SECONDS`]).
+//! Recording goes through bound instruments cached per thread (`bound_metrics`), so a
+//! message's measurements do not hash their attributes each time.
 //! Only low-cardinality attributes are recorded: system, operation name, destination,
 //! consumer group, server address and `error.type`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
+use crate::bound_metrics::{self, InstrumentId};
 use crate::carrier::InvalidReason;
 use crate::semconv;
+
+/// Gives every `MessagingMetrics` its own id, so cached bindings never mix instruments of
+/// two meter providers.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+const OPERATION_DURATION: u8 = 0;
+const SENT_MESSAGES: u8 = 1;
+const CONSUMED_MESSAGES: u8 = 2;
+const PROCESS_DURATION: u8 = 3;
 
 /// The instruments every traced client records into.
 ///
@@ -31,6 +45,7 @@ use crate::semconv;
 /// ```
 #[derive(Debug, Clone)]
 pub struct MessagingMetrics {
+    owner: u64,
     operation_duration: Histogram<f64>,
     sent_messages: Counter<u64>,
     consumed_messages: Counter<u64>,
@@ -42,6 +57,7 @@ impl MessagingMetrics {
     /// Creates the instruments on `meter`.
     pub fn new(meter: &Meter) -> Self {
         Self {
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             operation_duration: meter
                 .f64_histogram(semconv::MESSAGING_CLIENT_OPERATION_DURATION)
                 .with_unit("s")
@@ -74,22 +90,49 @@ impl MessagingMetrics {
 
     /// Records the duration of a send, receive or settle operation.
     pub fn record_operation_duration(&self, attributes: &[KeyValue], seconds: f64) {
-        self.operation_duration.record(seconds, attributes);
+        bound_metrics::record(
+            self.id(OPERATION_DURATION),
+            &self.operation_duration,
+            seconds,
+            attributes,
+        );
     }
 
     /// Counts messages a producer attempted to send.
     pub fn record_sent(&self, attributes: &[KeyValue], count: u64) {
-        self.sent_messages.add(count, attributes);
+        bound_metrics::add(
+            self.id(SENT_MESSAGES),
+            &self.sent_messages,
+            count,
+            attributes,
+        );
     }
 
     /// Counts messages delivered to the application.
     pub fn record_consumed(&self, attributes: &[KeyValue], count: u64) {
-        self.consumed_messages.add(count, attributes);
+        bound_metrics::add(
+            self.id(CONSUMED_MESSAGES),
+            &self.consumed_messages,
+            count,
+            attributes,
+        );
     }
 
     /// Records how long the application took to process a message or batch.
     pub fn record_process_duration(&self, attributes: &[KeyValue], seconds: f64) {
-        self.process_duration.record(seconds, attributes);
+        bound_metrics::record(
+            self.id(PROCESS_DURATION),
+            &self.process_duration,
+            seconds,
+            attributes,
+        );
+    }
+
+    fn id(&self, slot: u8) -> InstrumentId {
+        InstrumentId {
+            owner: self.owner,
+            slot,
+        }
     }
 
     /// Counts a message whose propagation headers were ignored.
@@ -101,5 +144,109 @@ impl MessagingMetrics {
                 KeyValue::new(semconv::MQTRACE_INVALID_REASON, reason.as_str()),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    fn provider() -> (SdkMeterProvider, InMemoryMetricExporter) {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        (provider, exporter)
+    }
+
+    /// (destination, value) of every data point of `name`: counter sums, histogram counts.
+    fn points(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(String, u64)> {
+        let mut points = Vec::new();
+        let finished = exporter.get_finished_metrics().unwrap_or_default();
+        let Some(last) = finished.last() else {
+            return points;
+        };
+        for metric in last.scope_metrics().flat_map(|sm| sm.metrics()) {
+            if metric.name() != name {
+                continue;
+            }
+            fn destination<'a>(mut attributes: impl Iterator<Item = &'a KeyValue>) -> String {
+                attributes
+                    .find(|kv| kv.key.as_str() == semconv::MESSAGING_DESTINATION_NAME)
+                    .map(|kv| kv.value.as_str().into_owned())
+                    .unwrap_or_default()
+            }
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    for p in sum.data_points() {
+                        points.push((destination(p.attributes()), p.value()));
+                    }
+                }
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                    for p in histogram.data_points() {
+                        points.push((destination(p.attributes()), p.count()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        points.sort();
+        points
+    }
+
+    fn attributes(destination: &str) -> Vec<KeyValue> {
+        vec![
+            KeyValue::new(semconv::MESSAGING_SYSTEM, "kafka"),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, destination.to_owned()),
+        ]
+    }
+
+    #[test]
+    fn bound_recording_counts_every_series_even_past_the_cache() {
+        let (provider, exporter) = provider();
+        let metrics = MessagingMetrics::new(&provider.meter("test"));
+        // More destinations than the per-thread cache holds, visited round-robin three times,
+        // so every binding is evicted and made again; "hot" stays cached in between.
+        let topics: Vec<String> = (0..bound_metrics::CACHE_SIZE + 8)
+            .map(|i| format!("topic-{i:02}"))
+            .collect();
+        for _ in 0..3 {
+            for topic in &topics {
+                metrics.record_sent(&attributes(topic), 2);
+                metrics.record_operation_duration(&attributes(topic), 0.001);
+                metrics.record_sent(&attributes("hot"), 1);
+            }
+        }
+        assert!(bound_metrics::cached() <= bound_metrics::CACHE_SIZE);
+        provider.force_flush().expect("flush");
+
+        let sent = points(&exporter, semconv::MESSAGING_CLIENT_SENT_MESSAGES);
+        let mut expected: Vec<(String, u64)> = topics.iter().map(|t| (t.clone(), 6)).collect();
+        expected.push(("hot".to_owned(), 3 * topics.len() as u64));
+        expected.sort();
+        assert_eq!(sent, expected);
+        let durations = points(&exporter, semconv::MESSAGING_CLIENT_OPERATION_DURATION);
+        assert_eq!(durations.len(), topics.len());
+        assert!(durations.iter().all(|(_, count)| *count == 3));
+    }
+
+    #[test]
+    fn two_providers_on_one_thread_keep_their_own_series() {
+        let (first_provider, first) = provider();
+        let (second_provider, second) = provider();
+        let a = MessagingMetrics::new(&first_provider.meter("test"));
+        let b = MessagingMetrics::new(&second_provider.meter("test"));
+        // Same attributes, same instrument, same thread: only the owner tells them apart.
+        a.record_consumed(&attributes("orders"), 5);
+        b.record_consumed(&attributes("orders"), 7);
+        a.clone().record_consumed(&attributes("orders"), 1); // a clone shares a's series
+        first_provider.force_flush().expect("flush");
+        second_provider.force_flush().expect("flush");
+        let name = semconv::MESSAGING_CLIENT_CONSUMED_MESSAGES;
+        assert_eq!(points(&first, name), vec![("orders".to_owned(), 6)]);
+        assert_eq!(points(&second, name), vec![("orders".to_owned(), 7)]);
     }
 }
