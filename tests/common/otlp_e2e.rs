@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use mqtrace::core::propagation::ExtractOutcome;
 use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
@@ -20,7 +21,8 @@ use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::model::{DeviceInfo, DeviceKind};
 use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfig};
 use mqtrace::kafka::rdkafka::consumer::{Consumer, StreamConsumer};
-use mqtrace::kafka::rdkafka::producer::FutureRecord;
+use mqtrace::kafka::rdkafka::message::{Header, OwnedHeaders};
+use mqtrace::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
@@ -62,6 +64,7 @@ pub(crate) async fn run(protocol: OtlpProtocol) {
     let round_trip = kafka_round_trip(&kafka).await;
     let failed_topic = failed_send(&kafka).await;
     let worker_run = batch_worker(&kafka).await;
+    broken_context(&kafka).await;
     record_instruments_the_scenario_does_not_reach();
 
     guard.flush();
@@ -295,6 +298,24 @@ pub(crate) async fn run(protocol: OtlpProtocol) {
     expect("mqtrace.worker.dead_lettered", "{message}", &[]);
     expect("hw.gpu.memory.usage", "By", &[("hw.id", "gpu0")]);
     expect(
+        "mqtrace.propagation.invalid",
+        "{message}",
+        &[
+            ("messaging.system", "kafka"),
+            ("mqtrace.propagation.invalid_reason", "rejected"),
+        ],
+    );
+    expect(
+        "mqtrace.inference.feature.missing",
+        "{value}",
+        &[("ml.feature.name", "user_profile")],
+    );
+    expect(
+        "mqtrace.inference.schema.mismatch",
+        "{value}",
+        &[("ml.feature.name", "hour")],
+    );
+    expect(
         "mqtrace.telemetry.spans.dropped",
         "{span}",
         &[("reason", "queue_full")],
@@ -466,12 +487,23 @@ async fn batch_worker(kafka: &KafkaFixture) -> WorkerRun {
     let producer = TracedProducer::from_config(&kafka.producer_config()).expect("producer");
     let tracer = opentelemetry::global::tracer("e2e-caller");
     for i in 0..=REQUESTS {
+        // Request 0 has an hour of the wrong type (a schema mismatch), request 1 a user the
+        // feature store does not know (a missing profile): both are still scored.
+        let user = if i == 1 {
+            "user-unknown".to_owned()
+        } else {
+            format!("user-{i}")
+        };
+        let hour = if i == 0 {
+            r#""noon""#.to_owned()
+        } else {
+            (i % 24).to_string()
+        };
         let body = if i == REQUESTS {
             "{not json".to_owned()
         } else {
             format!(
-                r#"{{"request_id":"r-{i}","user_id":"user-{i}","amount":{i}.5,"merchant_category":"travel","country":"DE","hour":{h},"card_present":true}}"#,
-                h = i % 24
+                r#"{{"request_id":"r-{i}","user_id":"{user}","amount":{i}.5,"merchant_category":"travel","country":"DE","hour":{hour},"card_present":true}}"#
             )
         };
         let cx = Context::current_with_span(tracer.start("inference.request"));
@@ -538,18 +570,50 @@ async fn batch_worker(kafka: &KafkaFixture) -> WorkerRun {
     }
 }
 
-/// Instruments this scenario does not reach on its own: this machine has no GPU, so the CUDA
-/// backend never reports device memory here, and the requests carry no broken trace context
-/// or bad feature values. Record one sample each through the very instruments the code uses,
-/// so the dashboard's panels are checked against the real metric names and units.
-/// (The paths that record them are tested in the worker and propagation tests.)
+/// A message from a client that writes a broken `traceparent` (a raw rdkafka producer, so
+/// nothing replaces the header), consumed and processed by a `TracedConsumer`: it is
+/// delivered, starts a new trace, and is counted in `mqtrace.propagation.invalid`.
+async fn broken_context(kafka: &KafkaFixture) {
+    let topic = kafka.create_topic("otlp-broken", 1).await.expect("topic");
+    let producer: FutureProducer = kafka.producer_config().create().expect("raw producer");
+    producer
+        .send(
+            FutureRecord::<str, str>::to(&topic)
+                .payload("from a client with a bad tracer")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some("00-not-a-trace-context-01"),
+                })),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("delivered");
+    let consumer = TracedConsumer::from_config(&kafka.consumer_config(&unique_name("broken")))
+        .expect("consumer");
+    assign(consumer.inner(), &topic);
+    let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+        .await
+        .expect("message in time")
+        .expect("message");
+    assert!(
+        matches!(message.extracted().outcome, ExtractOutcome::Invalid(_)),
+        "the broken header is reported, not used"
+    );
+    consumer
+        .process(&message, async { Ok::<_, std::io::Error>(()) })
+        .await
+        .expect("processed");
+}
+
+/// The one instrument this scenario cannot reach on its own: this machine may have no GPU,
+/// and the CUDA backend reports device memory only on one. Record a sample through the very
+/// instrument the code uses, so the dashboard's GPU panel is checked against the real metric
+/// name and unit. (Broken contexts, unknown users and bad values reach their counters for
+/// real above.)
 fn record_instruments_the_scenario_does_not_reach() {
     let meter = opentelemetry::global::meter_with_scope(mqtrace::core::instrumentation::scope());
-    mqtrace::core::metrics::MessagingMetrics::new(&meter)
-        .record_invalid_context("kafka", mqtrace::core::carrier::InvalidReason::NotUtf8);
     let metrics = WorkerMetrics::new(&meter);
-    metrics.record_missing("user_profile");
-    metrics.record_mismatch("amount");
     let device = DeviceInfo {
         kind: DeviceKind::Cuda,
         name: "e2e-sample".into(),
