@@ -55,7 +55,7 @@ use mqtrace::amqp::lapin::types::FieldTable;
 use mqtrace::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
 use mqtrace::amqp::{TracedConsumer as AmqpTracedConsumer, TracedPublisher};
 use mqtrace::core::Instrumentation;
-use mqtrace::core::batch::{BatchSpanBuilder, DEFAULT_LINK_LIMIT, InboundMessage};
+use mqtrace::core::batch::{BatchSpanBuilder, DEFAULT_LINK_LIMIT, InboundMessage, LinkAttributes};
 use mqtrace::core::propagation::Propagation;
 use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
 use mqtrace::core::{MessagingSpanBuilder, OperationType};
@@ -635,6 +635,19 @@ async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
         black_box(links);
         elapsed
     };
+    // Link building with `LinkAttributes::None` (links carry only the span context).
+    let bare_links = || {
+        let started = Instant::now();
+        let batch_span = BatchSpanBuilder::new("kafka", topic.clone())
+            .with_link_limit(DEFAULT_LINK_LIMIT)
+            .with_link_attributes(LinkAttributes::None)
+            .with_consumer_group(Some("scorers"))
+            .with_client_id(Some("worker-1"))
+            .start(instrumentation, &batch, &Context::new());
+        let elapsed = started.elapsed().as_secs_f64();
+        batch_span.end();
+        elapsed
+    };
     // One batch's tracing; returns (link building, everything) in seconds.
     let mut trace_batch = || -> anyhow::Result<(f64, f64)> {
         let started = Instant::now();
@@ -703,8 +716,14 @@ async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
         trace_batch()?;
         black_box(model.score(&rows, BATCH, &mut Phases::new())?);
     }
-    let (mut model_s, mut tracing_s, mut links_s, mut reply_s, mut collect_s) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut model_s, mut tracing_s, mut links_s, mut reply_s, mut collect_s, mut bare_s) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let batch_link = {
         let span = BatchSpanBuilder::new("kafka", topic.clone()).start(
             instrumentation,
@@ -721,6 +740,7 @@ async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
         model_s.push(started.elapsed().as_secs_f64());
         for _ in 0..4 {
             collect_s.push(collect_links());
+            bare_s.push(bare_links());
             let (links, total) = trace_batch()?;
             links_s.push(links);
             tracing_s.push(total);
@@ -732,6 +752,7 @@ async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
     let links_time = median(&mut links_s);
     let reply_time = median(&mut reply_s);
     let collect_time = median(&mut collect_s);
+    let bare_time = median(&mut bare_s);
     let exported = telemetry.flush();
     println!(
         "batch_tracing_share: ratio={:.4}",
@@ -755,6 +776,10 @@ async fn batch_tracing_share(sizes: &Sizes) -> anyhow::Result<()> {
         "  link building: {:.1} µs per {BATCH} (BatchSpanBuilder::start: the links, the batch span and its batch.links spans; target < 50 µs); the {BATCH} Link values alone {:.1} µs",
         links_time * 1e6,
         collect_time * 1e6
+    );
+    println!(
+        "  link building with LinkAttributes::None (span contexts only, no per-link allocation): {:.1} µs per {BATCH}",
+        bare_time * 1e6
     );
     println!(
         "  not in the share: {BATCH} reply send spans with injected context {:.1} µs ({:.2} µs each; messaging, measured by kafka_throughput); {} spans exported",

@@ -1,5 +1,5 @@
 //! Kafka: header lists as librdkafka holds them (keys of any bytes, null values, huge
-//! values, thousands of headers), read by `KafkaHeaders`/`raw_headers` and rewritten by
+//! values, many headers), read by `KafkaHeaders`/`raw_headers` and rewritten by
 //! `merge_injected`.
 //!
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run kafka_headers` (or `scripts/fuzz`).

@@ -228,7 +228,33 @@ pub struct BatchSpanBuilder {
     consumer_group: Option<String>,
     client_id: Option<String>,
     link_limit: usize,
+    link_attributes: LinkAttributes,
     attributes: Vec<KeyValue>,
+}
+
+/// What each link of a batch span carries besides the producer's span context.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::batch::{BatchSpanBuilder, LinkAttributes};
+///
+/// // For very large batches where link building shows in profiles: links without attributes.
+/// let builder = BatchSpanBuilder::new("kafka", "requests").with_link_attributes(LinkAttributes::None);
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LinkAttributes {
+    /// The message's identity ([`InboundMessage::identity`]: partition and offset, or
+    /// delivery tag and message id), so a trace viewer shows which message each link is
+    /// (default).
+    #[default]
+    Identity,
+    /// Only the span context (as OpenTelemetry Java's Kafka instrumentation links): no
+    /// allocation per link, about a third of the link-building time of a 1,024-message
+    /// batch. The messages stay findable by their own spans' attributes.
+    None,
 }
 
 impl BatchSpanBuilder {
@@ -241,6 +267,7 @@ impl BatchSpanBuilder {
             consumer_group: None,
             client_id: None,
             link_limit: link_limit_from_env(),
+            link_attributes: LinkAttributes::default(),
             attributes: Vec::new(),
         }
     }
@@ -248,6 +275,12 @@ impl BatchSpanBuilder {
     /// Links per span; match the tracer provider's `SpanLimits::max_links_per_span`. At least 1.
     pub fn with_link_limit(mut self, link_limit: usize) -> Self {
         self.link_limit = link_limit.max(1);
+        self
+    }
+
+    /// What each link carries (default [`LinkAttributes::Identity`]).
+    pub fn with_link_attributes(mut self, link_attributes: LinkAttributes) -> Self {
+        self.link_attributes = link_attributes;
         self
     }
 
@@ -283,23 +316,48 @@ impl BatchSpanBuilder {
         messages: &[M],
         parent: &Context,
     ) -> BatchSpan {
-        // Each linked message with its index in the batch (for the overflow spans' attribute).
-        // Sized up front: collecting through `filter_map` would grow it ten times for 1,024.
-        let mut linked: Vec<(usize, Link)> = Vec::with_capacity(messages.len());
-        linked.extend(
-            messages
-                .iter()
-                .enumerate()
-                .filter_map(|(index, message)| message.link().map(|link| (index, link))),
-        );
-        let unlinked = messages.len() - linked.len();
-        let overflow = linked.split_off(linked.len().min(self.link_limit));
+        // The first `link_limit` links go on the batch span, the rest in chunks of
+        // `link_limit` onto `batch.links` spans, each chunk with the batch index of its first
+        // message. Every link is built straight into the vector it ends up in and moved from
+        // there into the SDK: no second copy of the 1,024 links of a large batch.
+        let link_limit = self.link_limit;
+        let link_attributes = self.link_attributes;
+        let mut primary: Vec<Link> = Vec::with_capacity(messages.len().min(link_limit));
+        let mut overflow: Vec<(usize, Vec<Link>)> = Vec::new();
+        let mut linked = 0;
+        for (index, message) in messages.iter().enumerate() {
+            let link = match link_attributes {
+                LinkAttributes::Identity => message.link(),
+                LinkAttributes::None => message
+                    .extracted()
+                    .remote_span_context()
+                    .map(Link::with_context),
+            };
+            let Some(link) = link else {
+                continue;
+            };
+            linked += 1;
+            if primary.len() < link_limit {
+                primary.push(link);
+                continue;
+            }
+            match overflow.last_mut() {
+                Some((_, chunk)) if chunk.len() < link_limit => chunk.push(link),
+                _ => {
+                    let left = messages.len() - index;
+                    let mut chunk = Vec::with_capacity(left.min(link_limit));
+                    chunk.push(link);
+                    overflow.push((index, chunk));
+                }
+            }
+        }
+        let unlinked = messages.len() - linked;
 
         // Named on the batch span and on every `batch.links` span: one shared string.
         let destination = StringValue::from(Arc::<str>::from(self.destination));
         let mut builder = MessagingSpanBuilder::new(self.system, OperationType::Process, "process")
             .with_destination(destination.clone())
-            .with_links(linked.into_iter().map(|(_, link)| link))
+            .with_link_vec(primary)
             .with_attributes(self.attributes);
         if let Some(group) = &self.consumer_group {
             builder = builder.with_consumer_group(group.clone());
@@ -318,20 +376,14 @@ impl BatchSpanBuilder {
             span.set_attribute(KeyValue::new(MQTRACE_BATCH_UNLINKED, unlinked as i64));
         }
         if !overflow.is_empty() {
-            let link_spans = overflow.len().div_ceil(self.link_limit);
-            span.set_attribute(KeyValue::new(MQTRACE_BATCH_LINK_SPANS, link_spans as i64));
+            span.set_attribute(KeyValue::new(
+                MQTRACE_BATCH_LINK_SPANS,
+                overflow.len() as i64,
+            ));
         }
 
         let tracer = instrumentation.tracer();
-        // The overflow links are moved onto their spans, not cloned: each link owns its
-        // attributes, and copying 896 of them per 1,024-message batch showed in profiles.
-        let mut overflow = overflow.into_iter().peekable();
-        while let Some(&(first_index, _)) = overflow.peek() {
-            let links: Vec<Link> = overflow
-                .by_ref()
-                .take(self.link_limit)
-                .map(|(_, link)| link)
-                .collect();
+        for (first_index, links) in overflow {
             tracer
                 .span_builder(BATCH_LINKS_SPAN_NAME)
                 .with_kind(SpanKind::Internal)
@@ -454,6 +506,14 @@ mod tests {
     }
 
     fn run_batch(messages: &[Message], limit: Option<usize>) -> Vec<SpanData> {
+        run_batch_with(messages, limit, LinkAttributes::default())
+    }
+
+    fn run_batch_with(
+        messages: &[Message],
+        limit: Option<usize>,
+        link_attributes: LinkAttributes,
+    ) -> Vec<SpanData> {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
@@ -461,7 +521,8 @@ mod tests {
         let instrumentation = Instrumentation::builder()
             .with_tracer_provider(&provider)
             .build();
-        let mut builder = BatchSpanBuilder::new("kafka", "requests");
+        let mut builder =
+            BatchSpanBuilder::new("kafka", "requests").with_link_attributes(link_attributes);
         if let Some(limit) = limit {
             builder = builder.with_link_limit(limit);
         }
@@ -553,6 +614,36 @@ mod tests {
             .collect();
         assert!(first_indexes.contains(&Some(opentelemetry::Value::I64(4))));
         assert!(first_indexes.contains(&Some(opentelemetry::Value::I64(8))));
+    }
+
+    #[test]
+    fn links_carry_the_identity_by_default_and_only_the_context_when_asked() {
+        let messages: Vec<Message> = (0..300).map(|i| message(i, true)).collect();
+        for (mode, with_identity) in [
+            (LinkAttributes::Identity, true),
+            (LinkAttributes::None, false),
+        ] {
+            let spans = run_batch_with(&messages, Some(DEFAULT_LINK_LIMIT), mode);
+            let links: Vec<&Link> = spans.iter().flat_map(|s| s.links.links.iter()).collect();
+            assert_eq!(links.len(), 300, "{mode:?}: every message linked");
+            assert!(
+                links
+                    .iter()
+                    .all(|l| l.attributes.is_empty() != with_identity),
+                "{mode:?}: link attributes"
+            );
+            let mut span_ids: Vec<u64> = links
+                .iter()
+                .map(|l| u64::from_be_bytes(l.span_context.span_id().to_bytes()))
+                .collect();
+            span_ids.sort();
+            span_ids.dedup();
+            assert_eq!(
+                span_ids.len(),
+                300,
+                "{mode:?}: each link a different producer span"
+            );
+        }
     }
 
     #[test]

@@ -407,6 +407,17 @@ impl MessagingSpanBuilder {
         self
     }
 
+    /// Like [`MessagingSpanBuilder::with_links`], taking over `links`' buffer when the span
+    /// has no links yet instead of copying them (a batch span's hundred-odd links).
+    pub(crate) fn with_link_vec(mut self, links: Vec<Link>) -> Self {
+        if self.links.is_empty() {
+            self.links = links;
+        } else {
+            self.links.extend(links);
+        }
+        self
+    }
+
     /// `{operation} {destination}`, or the bare operation name without a destination.
     pub fn span_name(&self) -> String {
         match &self.destination {

@@ -35,6 +35,7 @@ pub mod request;
 mod worker;
 
 pub use collector::{BatchCollector, BatchConfig, Shutdown};
+pub use mqtrace_core::batch::LinkAttributes;
 pub use worker::{
     DLQ_ERROR_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, INPUT_WIDTH,
     MQTRACE_BATCH_FORMATION_MS, Worker, WorkerConfig, WorkerError, WorkerStats,

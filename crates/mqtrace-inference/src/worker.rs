@@ -16,7 +16,9 @@ use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::join_all;
-use mqtrace_core::batch::{BatchSpanBuilder, InboundMessage, MessageSink, MessageSource, Outgoing};
+use mqtrace_core::batch::{
+    BatchSpanBuilder, InboundMessage, LinkAttributes, MessageSink, MessageSource, Outgoing,
+};
 use mqtrace_core::{Instrumentation, MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer};
@@ -56,6 +58,8 @@ pub struct WorkerConfig {
     pub dead_letter_destination: String,
     /// Links per span (match the tracer provider's limit).
     pub link_limit: usize,
+    /// What each link of a batch span carries (default: the message's identity).
+    pub link_attributes: LinkAttributes,
     /// Also start a CONSUMER `process` span per message in its request's trace.
     pub per_message_spans: bool,
     /// How often a failed reply is retried before the worker gives up.
@@ -74,6 +78,7 @@ impl WorkerConfig {
             reply_destination: reply_destination.into(),
             dead_letter_destination: dead_letter_destination.into(),
             link_limit: mqtrace_core::batch::link_limit_from_env(),
+            link_attributes: LinkAttributes::default(),
             per_message_spans: false,
             send_retries: 5,
         }
@@ -88,6 +93,13 @@ impl WorkerConfig {
     /// Sets the link limit.
     pub fn with_link_limit(mut self, link_limit: usize) -> Self {
         self.link_limit = link_limit.max(1);
+        self
+    }
+
+    /// What each link of a batch span carries: [`LinkAttributes::None`] links only span
+    /// contexts, the cheapest for very large batches.
+    pub fn with_link_attributes(mut self, link_attributes: LinkAttributes) -> Self {
+        self.link_attributes = link_attributes;
         self
     }
 
@@ -331,6 +343,7 @@ where
         let source = self.collector.source();
         let batch_span = BatchSpanBuilder::new(source.system(), destination.clone())
             .with_link_limit(self.config.link_limit)
+            .with_link_attributes(self.config.link_attributes)
             .with_consumer_group(source.consumer_group())
             .with_client_id(source.client_id())
             .with_attributes(formation.map(|formation| {
