@@ -13,7 +13,8 @@ use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
 use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::{
-    BatchConfig, DLQ_REASON_HEADER, INPUT_WIDTH, Shutdown, Worker, WorkerConfig, WorkerStats,
+    BatchConfig, DLQ_REASON_HEADER, INPUT_WIDTH, LinkAttributes, Shutdown, Worker, WorkerConfig,
+    WorkerStats,
 };
 use mqtrace::kafka::rdkafka::consumer::Consumer;
 use mqtrace::kafka::rdkafka::message::{Headers, Message};
@@ -424,6 +425,37 @@ async fn a_1000_message_batch_is_fully_linked() {
         .iter()
         .map(|l| l.span_context.trace_id())
         .collect();
+    assert_eq!(linked, traces.values().copied().collect::<HashSet<_>>());
+}
+
+#[tokio::test]
+async fn a_worker_configured_for_bare_links_links_every_request_without_attributes() {
+    let pipeline = Pipeline::new("bare-links", 1).await;
+    let bodies: Vec<_> = (0..300).map(valid_request).collect();
+    let traces = pipeline.send_requests(&bodies).await;
+    let worker = pipeline.worker(
+        pipeline.producer(),
+        1,
+        pipeline
+            .config(300, Duration::from_secs(20))
+            .with_link_attributes(LinkAttributes::None),
+    );
+    let (stats, _) = run_until_answered(&pipeline, worker, 300).await;
+    assert_eq!(stats.batches, 1, "all 300 requests in one batch");
+
+    let spans = pipeline.capture.spans();
+    let batch = spans.one(&format!("process {}", pipeline.requests));
+    let links = batch_links(&spans, batch);
+    assert_eq!(
+        links.len(),
+        300,
+        "128 on the batch span, 172 on two batch.links spans"
+    );
+    assert!(
+        links.iter().all(|l| l.attributes.is_empty()),
+        "span contexts only"
+    );
+    let linked: HashSet<TraceId> = links.iter().map(|l| l.span_context.trace_id()).collect();
     assert_eq!(linked, traces.values().copied().collect::<HashSet<_>>());
 }
 
