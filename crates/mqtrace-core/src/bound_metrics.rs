@@ -6,18 +6,20 @@
 //! messaging attributes that was about 2,200 instructions per measurement, four measurements
 //! per message, the single largest cost of tracing a Kafka message. A *bound* instrument
 //! (OpenTelemetry's `Counter::bind`/`Histogram::bind`) resolves its series once. Each thread
-//! keeps the last [`CACHE_SIZE`] bindings it used, most recent first, keyed by the
+//! keeps the last [`CACHE_SIZE`] counter and histogram bindings it used, most recent first, keyed by the
 //! instruments' owner, the instrument and the attributes, compared by value (a few short
 //! string compares; no hashing, no lock, no allocation on a hit). A miss binds once through
 //! the SDK. Bindings live as long as their cache entry; the SDK never evicts a bound series.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
 
-/// Bindings kept per thread. A client uses a handful (an operation per destination, plus
-/// the error variants), so a thread serving many clients and topics still hits.
+/// Bindings kept per thread and instrument kind (counters, histograms). A client uses a
+/// handful (an operation per destination, plus the error variants), so a thread serving many
+/// clients and topics still hits.
 pub(crate) const CACHE_SIZE: usize = 32;
 
 /// One instrument of one [`crate::metrics::MessagingMetrics`].
@@ -29,31 +31,30 @@ pub(crate) struct InstrumentId {
     pub(crate) slot: u8,
 }
 
-enum Bound {
-    Counter(BoundCounter<u64>),
-    Histogram(BoundHistogram<f64>),
-}
-
-struct Entry {
+struct Entry<B> {
     instrument: InstrumentId,
     attributes: Vec<KeyValue>,
-    bound: Bound,
+    bound: B,
 }
+
+type Cache<B> = RefCell<Vec<Entry<B>>>;
 
 thread_local! {
-    static CACHE: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    static COUNTERS: Cache<BoundCounter<u64>> = const { RefCell::new(Vec::new()) };
+    static HISTOGRAMS: Cache<BoundHistogram<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `use_bound` on this thread's binding of (`instrument`, `attributes`), binding it with
-/// `bind` first on a miss. Returns `false`, doing nothing, when the cache is unavailable
-/// (the thread is being torn down): the caller then records unbound.
-fn with_bound(
+/// Runs `use_bound` on this thread's binding of (`instrument`, `attributes`) in `cache`,
+/// binding it with `bind` first on a miss. Returns `false`, doing nothing, when the cache is
+/// unavailable (the thread is being torn down): the caller then records unbound.
+fn with_bound<B: 'static>(
+    cache: &'static LocalKey<Cache<B>>,
     instrument: InstrumentId,
     attributes: &[KeyValue],
-    bind: impl FnOnce() -> Bound,
-    use_bound: impl FnOnce(&Bound),
+    bind: impl FnOnce() -> B,
+    use_bound: impl FnOnce(&B),
 ) -> bool {
-    CACHE
+    cache
         .try_with(|cache| {
             let Ok(mut cache) = cache.try_borrow_mut() else {
                 return false;
@@ -62,11 +63,8 @@ fn with_bound(
                 .iter()
                 .position(|e| e.instrument == instrument && e.attributes == attributes);
             match found {
-                Some(0) => {}
-                Some(index) => {
-                    let hit = cache.remove(index);
-                    cache.insert(0, hit);
-                }
+                // Most recent first: one shift brings a hit to the front.
+                Some(index) => cache[..=index].rotate_right(1),
                 None => {
                     cache.truncate(CACHE_SIZE - 1);
                     cache.insert(
@@ -92,17 +90,8 @@ pub(crate) fn add(
     value: u64,
     attributes: &[KeyValue],
 ) {
-    let recorded = with_bound(
-        instrument,
-        attributes,
-        || Bound::Counter(counter.bind(attributes)),
-        |bound| {
-            if let Bound::Counter(bound) = bound {
-                bound.add(value);
-            }
-        },
-    );
-    if !recorded {
+    let bind = || counter.bind(attributes);
+    if !with_bound(&COUNTERS, instrument, attributes, bind, |b| b.add(value)) {
         counter.add(value, attributes);
     }
 }
@@ -114,23 +103,18 @@ pub(crate) fn record(
     value: f64,
     attributes: &[KeyValue],
 ) {
-    let recorded = with_bound(
-        instrument,
-        attributes,
-        || Bound::Histogram(histogram.bind(attributes)),
-        |bound| {
-            if let Bound::Histogram(bound) = bound {
-                bound.record(value);
-            }
-        },
-    );
-    if !recorded {
+    let bind = || histogram.bind(attributes);
+    if !with_bound(&HISTOGRAMS, instrument, attributes, bind, |b| {
+        b.record(value)
+    }) {
         histogram.record(value, attributes);
     }
 }
 
-/// How many bindings this thread holds (for tests).
+/// The most bindings this thread holds for one kind of instrument (for tests).
 #[cfg(test)]
 pub(crate) fn cached() -> usize {
-    CACHE.with(|cache| cache.borrow().len())
+    let counters = COUNTERS.with(|cache| cache.borrow().len());
+    let histograms = HISTOGRAMS.with(|cache| cache.borrow().len());
+    counters.max(histograms)
 }

@@ -242,11 +242,9 @@ pub fn destination_name(name: &str) -> StringValue {
     let cached = RECENT.try_with(|recent| {
         let mut recent = recent.borrow_mut();
         let shared = match recent.iter().position(|seen| &**seen == name) {
-            Some(0) => Arc::clone(&recent[0]),
             Some(index) => {
-                let hit = recent.remove(index);
-                recent.insert(0, Arc::clone(&hit));
-                hit
+                recent[..=index].rotate_right(1);
+                Arc::clone(&recent[0])
             }
             None => {
                 let made = Arc::<str>::from(name);
