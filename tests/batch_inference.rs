@@ -3,11 +3,14 @@
 //! a worker killed mid-batch loses nothing, two workers share a group through rebalances,
 //! and profiles come from the real Redis (MQTRACE_REDIS_URL) as well as from memory.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::stalling_sink::StallingSink;
 use mqtrace::core::batch::{MessageSink, Outgoing};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
@@ -530,32 +533,6 @@ async fn malformed_requests_are_dead_lettered_with_a_link_to_the_original() {
     assert_eq!(metrics.total("mqtrace.worker.dead_lettered"), 3.0);
 }
 
-/// A real producer that stops answering after `allowed` sends, as a worker process does when
-/// it is killed mid-batch.
-struct DyingProducer {
-    inner: TracedProducer,
-    allowed: AtomicUsize,
-}
-
-impl MessageSink for DyingProducer {
-    type Error = mqtrace::kafka::Error;
-
-    async fn send(
-        &self,
-        message: Outgoing<'_>,
-        parent: &Context,
-        links: Vec<Link>,
-    ) -> Result<(), Self::Error> {
-        let left = self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if left.is_err() {
-            std::future::pending::<()>().await;
-        }
-        MessageSink::send(&self.inner, message, parent, links).await
-    }
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_batch_is_replaced_and_every_request_is_answered() {
     let pipeline = Pipeline::new("crash", 1).await;
@@ -563,10 +540,7 @@ async fn a_worker_killed_mid_batch_is_replaced_and_every_request_is_answered() {
     pipeline.send_requests(&bodies).await;
 
     // Worker A answers 130 requests, then hangs in the middle of its second batch of 100.
-    let dying = Arc::new(DyingProducer {
-        inner: pipeline.producer(),
-        allowed: AtomicUsize::new(130),
-    });
+    let dying = Arc::new(StallingSink::after(130, pipeline.producer()));
     let mut first = pipeline.worker(
         SharedSink(Arc::clone(&dying)),
         1,

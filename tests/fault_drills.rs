@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::amqp::AmqpHarness;
+use common::stalling_sink::StallingSink;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use mqtrace::amqp::lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -36,7 +37,6 @@ use mqtrace::amqp::lapin::types::{AMQPValue, ByteArray, FieldTable, LongString};
 use mqtrace::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
 use mqtrace::amqp::publisher::RESEND_COUNT;
 use mqtrace::amqp::{Published, TracedPublisher, Unconfirmed};
-use mqtrace::core::batch::{MessageSink, Outgoing};
 use mqtrace::core::propagation::{ExtractOutcome, Extracted, Propagation};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
@@ -506,32 +506,6 @@ fn request_id(payload: &[u8]) -> String {
     reply["request_id"].as_str().expect("request_id").to_owned()
 }
 
-/// A real producer that stops answering after `allowed` sends, as a worker does when its
-/// process dies in the middle of a batch.
-struct HangingSink {
-    inner: TracedProducer,
-    allowed: AtomicUsize,
-}
-
-impl MessageSink for HangingSink {
-    type Error = mqtrace::kafka::Error;
-
-    async fn send(
-        &self,
-        message: Outgoing<'_>,
-        parent: &Context,
-        links: Vec<Link>,
-    ) -> Result<(), Self::Error> {
-        let left = self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if left.is_err() {
-            std::future::pending::<()>().await;
-        }
-        MessageSink::send(&self.inner, message, parent, links).await
-    }
-}
-
 /// Reads replies from `reader`, counting them per request id in `answered`, until `done`.
 async fn read_replies(
     reader: &TracedConsumer,
@@ -638,10 +612,7 @@ async fn drill_5_worker_crash_mid_batch_and_restart_in_the_group_answers_everyth
     // Worker A answers its first batch (100) and 30 of its second, then hangs mid-batch.
     let mut first = Worker::with_instrumentation(
         member("worker-a"),
-        HangingSink {
-            inner: producer(),
-            allowed: AtomicUsize::new(130),
-        },
+        StallingSink::after(130, producer()),
         InMemoryFeatureStore::generated(100, 7),
         model(),
         config(),
