@@ -681,8 +681,11 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 99.0),
     );
     let model_share = if busy_s > 0.0 { model_s / busy_s } else { 0.0 };
-    telemetry.flush();
-    let telemetry_line = match telemetry.destination() {
+    // Everything is answered: export what is left and stop the pipelines (bounded by
+    // OTEL_BSP_EXPORT_TIMEOUT whatever the collector does), then tell what was lost.
+    let destination = telemetry.destination().clone();
+    let telemetry_stats = telemetry.shutdown();
+    let telemetry_line = match &destination {
         Destination::Files { dir } => {
             format!("{} (OTLP-JSON lines)", dir.join("traces.jsonl").display())
         }
@@ -722,6 +725,33 @@ async fn main() -> anyhow::Result<()> {
     println!("  dead-lettered       {:>10}", dead_lettered);
     println!("  device              {device_name}");
     println!("  telemetry           {telemetry_line}");
+    if destination != Destination::Disabled {
+        let spans = &telemetry_stats.spans;
+        println!("  spans exported      {:>10}", spans.exported);
+        println!(
+            "  spans dropped       {:>10}{}",
+            spans.dropped(),
+            if spans.dropped() > 0 {
+                format!(
+                    " (queue full {}, export failed {}, unsent at shutdown {})",
+                    spans.dropped_queue_full,
+                    spans.dropped_export_failed,
+                    spans.dropped_at_shutdown
+                )
+            } else {
+                String::new()
+            }
+        );
+        if telemetry_stats.logs.dropped() > 0 {
+            println!(
+                "  log records dropped {:>10}",
+                telemetry_stats.logs.dropped()
+            );
+        }
+        if let Some(took) = telemetry_stats.shutdown_took {
+            println!("  telemetry shutdown  {:>10.2} s", took.as_secs_f64());
+        }
+    }
 
     if let Some(path) = &args.summary_json {
         let summary = serde_json::json!({
@@ -734,12 +764,13 @@ async fn main() -> anyhow::Result<()> {
             "mean_batch_size": if batches > 0 { messages as f64 / batches as f64 } else { 0.0 },
             "model_share": model_share,
             "device": device_name,
+            "telemetry": telemetry_stats.to_json(),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("  summary             {}", path.display());
     }
-    if let Destination::Files { dir } = telemetry.destination() {
+    if let Destination::Files { dir } = &destination {
         // what `mqtrace journeys` makes of this run: stage table, slowest requests, a page
         let report = dir.join("journeys.html");
         println!("  journeys report     {}", report.display());
@@ -755,6 +786,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = channel
             .queue_delete(REPLIES.into(), QueueDeleteOptions::default())
             .await;
+    }
+    if let Some(warning) = telemetry_stats.loss_warning() {
+        eprintln!("{warning}");
     }
     if generate && (answered < expected_replies || replies < expected_replies as u64) {
         bail!("only {answered} of {expected_replies} requests were answered");

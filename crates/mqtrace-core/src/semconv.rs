@@ -22,8 +22,13 @@ pub use opentelemetry_semantic_conventions::metric::{
 pub const MQTRACE_PROPAGATION_INVALID: &str = "mqtrace.propagation.invalid";
 
 /// Counter of spans that never reached the collector (unit `{span}`, attribute `reason`:
-/// `queue_full` when the export queue was full, `export_failed` when the export failed).
+/// `queue_full` when the export queue was full, `export_failed` when the export failed,
+/// `shutdown` when shutdown stopped waiting for a collector that did not answer).
 pub const MQTRACE_TELEMETRY_SPANS_DROPPED: &str = "mqtrace.telemetry.spans.dropped";
+
+/// Counter of log records that never reached the collector (unit `{log_record}`, attribute
+/// `reason` as for [`MQTRACE_TELEMETRY_SPANS_DROPPED`]).
+pub const MQTRACE_TELEMETRY_LOGS_DROPPED: &str = "mqtrace.telemetry.logs.dropped";
 
 /// Why a propagation header was ignored: `not_utf8`, `oversized`, `not_text` or `rejected`.
 pub const MQTRACE_INVALID_REASON: &str = "mqtrace.propagation.invalid_reason";

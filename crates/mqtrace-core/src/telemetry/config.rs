@@ -148,6 +148,9 @@ pub struct TelemetryConfig {
     destination: Destination,
     sampling: Sampling,
     span_batch: SpanBatchSettings,
+    log_queue_size: usize,
+    otlp_timeout_from_env: bool,
+    loss_warnings: Option<Duration>,
 }
 
 impl Default for TelemetryConfig {
@@ -161,6 +164,9 @@ impl Default for TelemetryConfig {
             },
             sampling: Sampling::default(),
             span_batch: SpanBatchSettings::default(),
+            log_queue_size: super::log_queue::DEFAULT_LOG_QUEUE_SIZE,
+            otlp_timeout_from_env: false,
+            loss_warnings: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -168,8 +174,9 @@ impl Default for TelemetryConfig {
 impl TelemetryConfig {
     /// Reads `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
     /// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_MAX_QUEUE_SIZE`,
-    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `MQTRACE_TELEMETRY_DIR`
-    /// and `MQTRACE_ENVIRONMENT`; a value that is set but invalid is an error naming the
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT`,
+    /// `OTEL_BLRP_MAX_QUEUE_SIZE`, `MQTRACE_TELEMETRY_DIR` and `MQTRACE_ENVIRONMENT`, and
+    /// notes whether `OTEL_EXPORTER_OTLP_TIMEOUT` (or a per-signal one) is set; a value that is set but invalid is an error naming the
     /// variable (the SDK would silently fall back). Service name and resource attributes
     /// are read by the SDK itself (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     pub fn from_env() -> Result<Self> {
@@ -250,8 +257,52 @@ impl TelemetryConfig {
         if let Some(ms) = positive("OTEL_BSP_SCHEDULE_DELAY")? {
             batch = batch.with_scheduled_delay(Duration::from_millis(ms));
         }
+        if let Some(ms) = positive("OTEL_BSP_EXPORT_TIMEOUT")? {
+            batch = batch.with_export_timeout(Duration::from_millis(ms));
+        }
         config.span_batch = batch;
+        if let Some(n) = positive("OTEL_BLRP_MAX_QUEUE_SIZE")? {
+            config.log_queue_size = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        config.otlp_timeout_from_env = [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+        ]
+        .iter()
+        .any(|name| non_empty(name).is_some());
         Ok(config)
+    }
+
+    /// Sets the log record queue size (at least 1; `OTEL_BLRP_MAX_QUEUE_SIZE`, default 2048).
+    pub fn with_log_queue_size(mut self, size: usize) -> Self {
+        self.log_queue_size = size.max(1);
+        self
+    }
+
+    /// How often a running pipeline may warn on stderr that it dropped telemetry (default
+    /// every 10 s at most; `None`: never — the counters and [`super::TelemetryStats`] still
+    /// tell).
+    pub fn with_loss_warnings(mut self, interval: Option<Duration>) -> Self {
+        self.loss_warnings = interval;
+        self
+    }
+
+    /// The log record queue size.
+    pub fn log_queue_size(&self) -> usize {
+        self.log_queue_size
+    }
+
+    /// How often a running pipeline may warn about drops (`None`: never).
+    pub fn loss_warnings(&self) -> Option<Duration> {
+        self.loss_warnings
+    }
+
+    /// The timeout of one OTLP request, when mqtrace sets it: the export timeout, unless an
+    /// `OTEL_EXPORTER_OTLP_*TIMEOUT` variable is set (then the exporter reads that).
+    pub(crate) fn otlp_request_timeout(&self) -> Option<Duration> {
+        (!self.otlp_timeout_from_env).then_some(self.span_batch.export_timeout)
     }
 
     /// `service.name` used when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES`
@@ -440,5 +491,28 @@ mod tests {
         assert_eq!(c.span_batch().scheduled_delay, Duration::from_millis(250));
         let err = config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]).expect_err("zero");
         assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn export_timeout_bounds_otlp_requests_unless_the_exporter_variable_is_set() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.span_batch().export_timeout, Duration::from_secs(5));
+        assert_eq!(c.otlp_request_timeout(), Some(Duration::from_secs(5)));
+        let c = config(&[
+            ("OTEL_BSP_EXPORT_TIMEOUT", "1500"),
+            ("OTEL_BLRP_MAX_QUEUE_SIZE", "64"),
+        ])
+        .expect("valid");
+        assert_eq!(c.span_batch().export_timeout, Duration::from_millis(1500));
+        assert_eq!(c.otlp_request_timeout(), Some(Duration::from_millis(1500)));
+        assert_eq!(c.log_queue_size(), 64);
+        let c = config(&[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "20000")]).expect("valid");
+        assert_eq!(
+            c.otlp_request_timeout(),
+            None,
+            "the exporter reads its own variable"
+        );
+        let err = config(&[("OTEL_BSP_EXPORT_TIMEOUT", "soon")]).expect_err("invalid");
+        assert!(err.to_string().contains("OTEL_BSP_EXPORT_TIMEOUT"), "{err}");
     }
 }

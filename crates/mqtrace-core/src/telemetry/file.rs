@@ -6,17 +6,15 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
-use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter};
@@ -25,12 +23,20 @@ use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+use super::otlp_json::TraceRequestEncoder;
 use crate::error::{Error, Result};
 
-/// Appends JSON lines to one file.
+/// Appends JSON lines to one file: each line is built in a reused buffer and written with
+/// one `write` call, so a reader never sees half a line from a healthy writer.
 struct JsonLines {
     path: PathBuf,
-    out: Mutex<Option<BufWriter<File>>>,
+    out: Mutex<Option<Lines>>,
+}
+
+/// The open file and the buffer lines are built in.
+struct Lines {
+    file: File,
+    buffer: Vec<u8>,
 }
 
 impl JsonLines {
@@ -45,23 +51,39 @@ impl JsonLines {
             })?;
         Ok(Self {
             path,
-            out: Mutex::new(Some(BufWriter::new(file))),
+            out: Mutex::new(Some(Lines {
+                file,
+                buffer: Vec::with_capacity(64 * 1024),
+            })),
         })
     }
 
-    fn write<T: serde::Serialize>(&self, request: &T) -> OTelSdkResult {
+    /// Writes one line that `encode` appends to the (empty) buffer it is given.
+    fn write_with(&self, encode: impl FnOnce(&mut Vec<u8>) -> OTelSdkResult) -> OTelSdkResult {
         let mut guard = self
             .out
             .lock()
             .map_err(|_| OTelSdkError::InternalFailure("telemetry file lock poisoned".into()))?;
-        let out = guard.as_mut().ok_or(OTelSdkError::AlreadyShutdown)?;
-        let io = |e: std::io::Error| {
+        let lines = guard.as_mut().ok_or(OTelSdkError::AlreadyShutdown)?;
+        lines.buffer.clear();
+        encode(&mut lines.buffer)?;
+        lines.buffer.push(b'\n');
+        let written = lines.file.write_all(&lines.buffer).map_err(|e| {
             OTelSdkError::InternalFailure(format!("writing {}: {e}", self.path.display()))
-        };
-        serde_json::to_writer(&mut *out, request)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("encoding OTLP-JSON: {e}")))?;
-        out.write_all(b"\n").map_err(io)?;
-        out.flush().map_err(io)
+        });
+        // A batch far above the usual size must not pin its memory for the process's life.
+        if lines.buffer.capacity() > 16 * 1024 * 1024 {
+            lines.buffer = Vec::with_capacity(64 * 1024);
+        }
+        written
+    }
+
+    /// Writes `request` as one line with its serde encoding.
+    fn write<T: serde::Serialize>(&self, request: &T) -> OTelSdkResult {
+        self.write_with(|buffer| {
+            serde_json::to_writer(buffer, request)
+                .map_err(|e| OTelSdkError::InternalFailure(format!("encoding OTLP-JSON: {e}")))
+        })
     }
 
     fn close(&self) -> OTelSdkResult {
@@ -69,12 +91,9 @@ impl JsonLines {
             .out
             .lock()
             .map_err(|_| OTelSdkError::InternalFailure("telemetry file lock poisoned".into()))?;
-        match guard.take() {
-            Some(mut out) => out
-                .flush()
-                .map_err(|e| OTelSdkError::InternalFailure(e.to_string())),
-            None => Ok(()),
-        }
+        // Lines are written whole with one call each: closing has nothing left to flush.
+        guard.take();
+        Ok(())
     }
 }
 
@@ -94,11 +113,12 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Writes spans to `traces.jsonl`.
+/// Writes spans to `traces.jsonl`, straight from the SDK's span data (no intermediate
+/// protobuf structs): one `ExportTraceServiceRequest` line per batch.
 #[derive(Debug)]
 pub struct FileSpanExporter {
     lines: JsonLines,
-    resource: ResourceAttributesWithSchema,
+    encoder: Mutex<TraceRequestEncoder>,
 }
 
 impl FileSpanExporter {
@@ -106,17 +126,26 @@ impl FileSpanExporter {
     pub fn create(path: impl Into<PathBuf>) -> Result<Self> {
         Ok(Self {
             lines: JsonLines::create(path.into())?,
-            resource: ResourceAttributesWithSchema::default(),
+            encoder: Mutex::new(TraceRequestEncoder::default()),
+        })
+    }
+
+    /// Writes `batch` as one line (what [`SpanExporter::export`] does, without a future).
+    pub fn write_batch(&self, batch: &[SpanData]) -> OTelSdkResult {
+        let mut encoder = self
+            .encoder
+            .lock()
+            .map_err(|_| OTelSdkError::InternalFailure("span encoder lock poisoned".into()))?;
+        self.lines.write_with(|buffer| {
+            encoder.encode(batch, buffer);
+            Ok(())
         })
     }
 }
 
 impl SpanExporter for FileSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let request = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
-        };
-        self.lines.write(&request)
+        self.write_batch(&batch)
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
@@ -124,7 +153,10 @@ impl SpanExporter for FileSpanExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.into();
+        *self
+            .encoder
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = TraceRequestEncoder::new(resource);
     }
 }
 

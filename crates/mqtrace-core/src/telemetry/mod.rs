@@ -6,23 +6,40 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export OTLP there; unset: write OTLP-JSON files |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling ([`Sampling`]; default `parentbased_traceidratio` 1.0) |
-//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]) |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]; queue default 16,384) |
+//! | `OTEL_BSP_EXPORT_TIMEOUT` | longest a flush or the shutdown waits (default 5000 ms), and one OTLP request unless `OTEL_EXPORTER_OTLP_TIMEOUT` is set |
+//! | `OTEL_BLRP_MAX_QUEUE_SIZE` | log record export queue (default 2048) |
 //! | `OTEL_SDK_DISABLED` | `true`: record and export nothing |
 //! | `MQTRACE_TELEMETRY_DIR` | where the files go (default `./telemetry`) |
 //! | `MQTRACE_ENVIRONMENT` | `deployment.environment.name` (default `development`) |
 //!
 //! Spans and logs are exported by batch processors with bounded queues on their own threads;
 //! metrics by a periodic reader. Nothing here ever blocks a producer or consumer: when the
-//! queue is full, telemetry is dropped, not messages, and every span lost on the way is
-//! counted in `mqtrace.telemetry.spans.dropped` (attribute `reason`: `queue_full` or
-//! `export_failed`). The returned [`TelemetryGuard`] flushes and shuts everything down when
-//! dropped.
+//! queue is full, telemetry is dropped, not messages — and never silently. Every span or log
+//! record lost on the way is counted in `mqtrace.telemetry.spans.dropped` /
+//! `mqtrace.telemetry.logs.dropped` (attribute `reason`: `queue_full`, `export_failed` or
+//! `shutdown`), warned about on stderr while it happens (at most every 10 s,
+//! [`TelemetryConfig::with_loss_warnings`]), and accounted for in [`TelemetryStats`]
+//! ([`TelemetryGuard::stats`], [`TelemetryGuard::shutdown`]) for the program's summary.
+//!
+//! Shutdown is bounded: [`TelemetryGuard::shutdown`] (or dropping the guard) exports what is
+//! queued and shuts the three pipelines down side by side, waiting at most
+//! `OTEL_BSP_EXPORT_TIMEOUT` (5 s) whatever the collector does; what could not be delivered by
+//! then is counted and told.
 
 mod config;
+mod export_queue;
 pub mod file;
+mod log_queue;
+mod metric_export;
+mod otlp_json;
 mod span_queue;
+mod stats;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
@@ -33,20 +50,39 @@ use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 
 pub use config::{Destination, OtlpProtocol, Sampling, TelemetryConfig};
 pub use span_queue::SpanBatchSettings;
+pub use stats::{MetricExportStats, SignalStats, TelemetryStats};
 
 use opentelemetry::metrics::MeterProvider as _;
 
 use crate::error::{Error, Result};
 use crate::semconv;
+use export_queue::{LossWarnings, SignalCounters};
+use log_queue::CountingBatchLogProcessor;
+use metric_export::{CountingMetricExporter, MetricExportCounters};
 use span_queue::CountingBatchSpanProcessor;
 
-/// Keeps the telemetry pipeline alive; flushes and shuts it down on drop.
+/// Keeps the telemetry pipeline alive; flushes and shuts it down on drop (bounded by the
+/// export timeout), warning on stderr if anything was lost.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
     logger_provider: Option<SdkLoggerProvider>,
     destination: Destination,
+    accounts: Accounts,
+}
+
+/// The pipelines' counters, read for [`TelemetryStats`].
+#[derive(Debug, Default)]
+struct Accounts {
+    spans: Arc<SignalCounters>,
+    logs: Arc<SignalCounters>,
+    metrics: Arc<MetricExportCounters>,
+    span_queue_size: usize,
+    log_queue_size: usize,
+    export_timeout: Duration,
+    warn_on_drop: bool,
+    shutdown_took: Option<Duration>,
 }
 
 impl TelemetryGuard {
@@ -70,31 +106,133 @@ impl TelemetryGuard {
         self.logger_provider.as_ref()
     }
 
-    /// Exports everything recorded so far. Blocks up to the exporters' timeouts: call it
-    /// at a quiet moment (e.g. before printing a summary), not per message.
+    /// What was exported and what was lost so far (spans still queued are in neither).
+    pub fn stats(&self) -> TelemetryStats {
+        let a = &self.accounts;
+        TelemetryStats {
+            spans: a.spans.snapshot(),
+            logs: a.logs.snapshot(),
+            metrics: a.metrics.snapshot(),
+            span_queue_size: a.span_queue_size,
+            log_queue_size: a.log_queue_size,
+            export_timeout: a.export_timeout,
+            shutdown_took: a.shutdown_took,
+            destination: describe(&self.destination),
+        }
+    }
+
+    /// Exports everything recorded so far, the three signals side by side, waiting at most
+    /// the export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 5 s) in all: call it at a quiet moment
+    /// (e.g. before printing a summary), not per message.
     pub fn flush(&self) {
-        if let Some(p) = &self.tracer_provider {
-            let _ = p.force_flush();
+        let mut tasks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        if let Some(p) = self.tracer_provider.clone() {
+            tasks.push(Box::new(move || {
+                let _ = p.force_flush();
+            }));
         }
-        if let Some(p) = &self.meter_provider {
-            let _ = p.force_flush();
+        if let Some(p) = self.meter_provider.clone() {
+            tasks.push(Box::new(move || {
+                let _ = p.force_flush();
+            }));
         }
-        if let Some(p) = &self.logger_provider {
-            let _ = p.force_flush();
+        if let Some(p) = self.logger_provider.clone() {
+            tasks.push(Box::new(move || {
+                let _ = p.force_flush();
+            }));
         }
+        run_bounded(tasks, self.accounts.export_timeout);
+    }
+
+    /// Exports what is queued and shuts the pipelines down, side by side, waiting at most the
+    /// export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 5 s) whatever the collector does; returns the
+    /// final account, with what could not be delivered by then counted as lost. The program's
+    /// summary should print it ([`TelemetryStats::loss_warning`] on stderr). Telemetry
+    /// recorded after this is discarded.
+    pub fn shutdown(mut self) -> TelemetryStats {
+        self.shutdown_pipelines();
+        // Told by the caller now, not again on drop.
+        self.accounts.warn_on_drop = false;
+        self.stats()
+    }
+
+    fn shutdown_pipelines(&mut self) {
+        let timeout = self.accounts.export_timeout;
+        let mut tasks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        if let Some(p) = self.tracer_provider.take() {
+            tasks.push(Box::new(move || {
+                let _ = p.shutdown_with_timeout(timeout);
+            }));
+        }
+        if let Some(p) = self.meter_provider.take() {
+            tasks.push(Box::new(move || {
+                let _ = p.shutdown_with_timeout(timeout);
+            }));
+        }
+        if let Some(p) = self.logger_provider.take() {
+            tasks.push(Box::new(move || {
+                let _ = p.shutdown_with_timeout(timeout);
+            }));
+        }
+        if tasks.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        run_bounded(tasks, timeout);
+        self.accounts.shutdown_took = Some(started.elapsed());
+    }
+}
+
+/// Runs `tasks` on their own threads and waits for them, at most `timeout` in all (plus a
+/// little for the threads to answer); a task still running then is left behind, its thread
+/// detached.
+fn run_bounded(tasks: Vec<Box<dyn FnOnce() + Send>>, timeout: Duration) {
+    let deadline = Instant::now() + timeout + Duration::from_millis(100);
+    let (done, finished) = mpsc::channel();
+    let mut running = 0;
+    for task in tasks {
+        let done = done.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mqtrace-telemetry-stop".into())
+            .spawn(move || {
+                task();
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            running += 1;
+        }
+    }
+    while running > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if finished.recv_timeout(left).is_err() {
+            return;
+        }
+        running -= 1;
+    }
+}
+
+/// A destination in words, for messages.
+fn describe(destination: &Destination) -> String {
+    match destination {
+        Destination::Files { dir } => dir.display().to_string(),
+        Destination::Otlp { endpoint, .. } => format!("OTLP {endpoint}"),
+        Destination::Disabled => "nowhere (OTEL_SDK_DISABLED)".to_owned(),
     }
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.tracer_provider.take() {
-            let _ = p.shutdown();
+        if self.tracer_provider.is_none()
+            && self.meter_provider.is_none()
+            && self.logger_provider.is_none()
+        {
+            return;
         }
-        if let Some(p) = self.meter_provider.take() {
-            let _ = p.shutdown();
-        }
-        if let Some(p) = self.logger_provider.take() {
-            let _ = p.shutdown();
+        self.shutdown_pipelines();
+        if self.accounts.warn_on_drop
+            && let Some(warning) = self.stats().loss_warning()
+        {
+            eprintln!("mqtrace: {warning}");
         }
     }
 }
@@ -154,24 +292,30 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
 /// ```
 pub fn build(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let destination = config.destination().clone();
-    if destination == Destination::Disabled {
-        return Ok(TelemetryGuard {
-            tracer_provider: None,
-            meter_provider: None,
-            logger_provider: None,
-            destination,
-        });
-    }
-    let (tracer_provider, meter_provider, logger_provider) = match &destination {
-        Destination::Files { dir } => file_providers(dir, &config)?,
-        Destination::Otlp { endpoint, protocol } => otlp_providers(endpoint, *protocol, &config)?,
-        Destination::Disabled => unreachable!("handled above"),
+    let mut accounts = Accounts {
+        span_queue_size: config.span_batch().max_queue_size,
+        log_queue_size: config.log_queue_size(),
+        export_timeout: config.span_batch().export_timeout,
+        warn_on_drop: config.loss_warnings().is_some(),
+        ..Accounts::default()
+    };
+    let providers = match &destination {
+        Destination::Files { dir } => Some(file_providers(dir, &config, &mut accounts)?),
+        Destination::Otlp { endpoint, protocol } => {
+            Some(otlp_providers(endpoint, *protocol, &config, &mut accounts)?)
+        }
+        Destination::Disabled => None,
+    };
+    let (tracer_provider, meter_provider, logger_provider) = match providers {
+        Some((t, m, l)) => (Some(t), Some(m), Some(l)),
+        None => (None, None, None),
     };
     Ok(TelemetryGuard {
-        tracer_provider: Some(tracer_provider),
-        meter_provider: Some(meter_provider),
-        logger_provider: Some(logger_provider),
+        tracer_provider,
+        meter_provider,
+        logger_provider,
         destination,
+        accounts,
     })
 }
 
@@ -211,47 +355,80 @@ pub fn resource(config: &TelemetryConfig) -> Resource {
 
 type Providers = (SdkTracerProvider, SdkMeterProvider, SdkLoggerProvider);
 
-/// Batch span and log processors (bounded queues, own threads; lost spans counted) and a
-/// periodic metric reader, with the configured sampler.
+/// Batch span and log processors (bounded queues, own threads; losses counted) and a
+/// periodic metric reader (exports counted), with the configured sampler.
 fn providers(
     config: &TelemetryConfig,
+    accounts: &mut Accounts,
     spans: impl SpanExporter + 'static,
     metrics: impl PushMetricExporter,
     logs: impl LogExporter + 'static,
 ) -> Providers {
     let resource = resource(config);
+    let warnings = LossWarnings(config.loss_warnings());
     let meter_provider = SdkMeterProvider::builder()
         .with_resource(resource.clone())
-        .with_reader(PeriodicReader::builder(metrics).build())
+        .with_reader(
+            PeriodicReader::builder(CountingMetricExporter::new(
+                metrics,
+                Arc::clone(&accounts.metrics),
+            ))
+            .build(),
+        )
         .build();
     let meter = meter_provider.meter_with_scope(crate::instrumentation::scope());
-    let span_processor = CountingBatchSpanProcessor::new(spans, config.span_batch(), &meter);
+    let span_processor =
+        CountingBatchSpanProcessor::with_warnings(spans, config.span_batch(), &meter, warnings);
+    accounts.spans = span_processor.counters();
     let tracer_provider = SdkTracerProvider::builder()
         .with_resource(resource.clone())
         .with_sampler(config.sampling().to_sampler())
         .with_span_processor(span_processor)
         .build();
+    let log_processor = CountingBatchLogProcessor::new(
+        logs,
+        config.log_queue_size(),
+        config.span_batch().export_timeout,
+        &meter,
+        warnings,
+    );
+    accounts.logs = log_processor.counters();
     let logger_provider = SdkLoggerProvider::builder()
         .with_resource(resource)
-        .with_batch_exporter(logs)
+        .with_log_processor(log_processor)
         .build();
     (tracer_provider, meter_provider, logger_provider)
 }
 
-fn file_providers(dir: &Path, config: &TelemetryConfig) -> Result<Providers> {
+fn file_providers(
+    dir: &Path,
+    config: &TelemetryConfig,
+    accounts: &mut Accounts,
+) -> Result<Providers> {
     file::ensure_dir(dir)?;
     let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
     let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
     let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
-    Ok(providers(config, spans, metrics, logs))
+    Ok(providers(config, accounts, spans, metrics, logs))
 }
 
 fn otlp_providers(
     endpoint: &str,
     protocol: OtlpProtocol,
     config: &TelemetryConfig,
+    accounts: &mut Accounts,
 ) -> Result<Providers> {
     use opentelemetry_otlp::WithExportConfig;
+    // One request never outlasts the export timeout, so a hanging collector cannot hold the
+    // export thread (or the shutdown) longer; an OTEL_EXPORTER_OTLP_*TIMEOUT set by the user
+    // is read by the exporter instead.
+    let request_timeout = config.otlp_request_timeout();
+    fn timed<B: WithExportConfig>(builder: B, timeout: Option<Duration>) -> B {
+        match timeout {
+            Some(timeout) => builder.with_timeout(timeout),
+            None => builder,
+        }
+    }
     let failed = |signal: &'static str| {
         move |source| Error::Exporter {
             signal,
@@ -265,43 +442,61 @@ fn otlp_providers(
                 return Err(Error::NoTokioRuntime);
             }
             (
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build()
-                    .map_err(failed("traces"))?,
-                opentelemetry_otlp::MetricExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build()
-                    .map_err(failed("metrics"))?,
-                opentelemetry_otlp::LogExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build()
-                    .map_err(failed("logs"))?,
+                timed(
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("traces"))?,
+                timed(
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("metrics"))?,
+                timed(
+                    opentelemetry_otlp::LogExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(endpoint),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("logs"))?,
             )
         }
         OtlpProtocol::HttpProtobuf => {
             let base = endpoint.trim_end_matches('/');
             (
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(format!("{base}/v1/traces"))
-                    .build()
-                    .map_err(failed("traces"))?,
-                opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_endpoint(format!("{base}/v1/metrics"))
-                    .build()
-                    .map_err(failed("metrics"))?,
-                opentelemetry_otlp::LogExporter::builder()
-                    .with_http()
-                    .with_endpoint(format!("{base}/v1/logs"))
-                    .build()
-                    .map_err(failed("logs"))?,
+                timed(
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_endpoint(format!("{base}/v1/traces")),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("traces"))?,
+                timed(
+                    opentelemetry_otlp::MetricExporter::builder()
+                        .with_http()
+                        .with_endpoint(format!("{base}/v1/metrics")),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("metrics"))?,
+                timed(
+                    opentelemetry_otlp::LogExporter::builder()
+                        .with_http()
+                        .with_endpoint(format!("{base}/v1/logs")),
+                    request_timeout,
+                )
+                .build()
+                .map_err(failed("logs"))?,
             )
         }
     };
-    Ok(providers(config, spans, metrics, logs))
+    Ok(providers(config, accounts, spans, metrics, logs))
 }

@@ -1,46 +1,64 @@
 //! The span processor behind [`super::init`]: a bounded queue and one export thread, like
-//! the SDK's batch processor, plus what that one cannot tell you — how many spans were lost.
+//! the SDK's batch processor, plus what that one cannot tell you — how many spans were lost,
+//! and why ([`super::export_queue`]).
 //!
 //! Ending a span never waits: the span is offered to the queue and, when the queue is full
 //! (the collector is slow or gone and the exporter cannot keep up), dropped and counted in
 //! `mqtrace.telemetry.spans.dropped{reason="queue_full"}`. Spans in a batch the exporter
 //! fails to deliver (collector down, refusing, timing out) are counted with
-//! `reason="export_failed"`. Both series are created at zero when the pipeline starts, so a
-//! dashboard shows a flat line rather than no data while all is well.
+//! `reason="export_failed"`, and spans still waiting when shutdown stops waiting for a hung
+//! collector with `reason="shutdown"`. The first two series are created at zero when the
+//! pipeline starts, so a dashboard shows a flat line rather than no data while all is well.
 
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Meter};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::Context;
+use opentelemetry::metrics::Meter;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
+use super::export_queue::{
+    BatchExport, ExportQueue, LossWarnings, QueueNames, QueueSettings, SignalCounters,
+};
 use crate::semconv;
 
-/// Queue and batch sizes, read from the standard `OTEL_BSP_*` variables.
+/// Queue and batch sizes and the export time limit, read from the standard `OTEL_BSP_*`
+/// variables.
+///
+/// mqtrace's defaults differ from the OpenTelemetry specification's in two places, both so
+/// that nothing is lost at the load a batch worker makes and shutdown stays short:
+/// the queue holds 16,384 spans (spec: 2,048; one batch of 256 requests ends about 1,000 spans
+/// at once), and flush and shutdown wait at most 5 s for the exporter (spec: 30 s; Docker stops
+/// a container 10 s after SIGTERM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SpanBatchSettings {
-    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans waiting for export; beyond it new
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 16,384): spans waiting for export; beyond it new
     /// spans are dropped and counted.
     pub max_queue_size: usize,
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512): spans per export request.
     pub max_export_batch_size: usize,
     /// `OTEL_BSP_SCHEDULE_DELAY` (default 5000 ms): longest a span waits for a batch to fill.
     pub scheduled_delay: Duration,
+    /// `OTEL_BSP_EXPORT_TIMEOUT` (default 5000 ms): the longest a flush or the shutdown waits
+    /// for the exporter (and, unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise, the
+    /// longest one OTLP request may take). What is still unexported then is counted as lost.
+    pub export_timeout: Duration,
 }
+
+/// The default span queue size (see [`SpanBatchSettings`]).
+pub(crate) const DEFAULT_SPAN_QUEUE_SIZE: usize = 16_384;
 
 impl Default for SpanBatchSettings {
     fn default() -> Self {
         Self {
-            max_queue_size: 2048,
+            max_queue_size: DEFAULT_SPAN_QUEUE_SIZE,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(5000),
+            export_timeout: Duration::from_millis(5000),
         }
     }
 }
@@ -63,119 +81,103 @@ impl SpanBatchSettings {
         self.scheduled_delay = delay;
         self
     }
-}
 
-/// Why spans were lost, the `reason` attribute of the dropped-spans counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DropReason {
-    QueueFull,
-    ExportFailed,
-}
-
-/// The `mqtrace.telemetry.spans.dropped` counter with its two attribute sets prepared.
-#[derive(Clone)]
-struct DroppedSpans {
-    counter: Counter<u64>,
-    queue_full: [KeyValue; 1],
-    export_failed: [KeyValue; 1],
-}
-
-impl DroppedSpans {
-    fn new(meter: &Meter) -> Self {
-        let counter = meter
-            .u64_counter(semconv::MQTRACE_TELEMETRY_SPANS_DROPPED)
-            .with_unit("{span}")
-            .with_description(
-                "Spans that were never delivered to the collector: the export queue was full, or the export failed.",
-            )
-            .build();
-        let this = Self {
-            counter,
-            queue_full: [KeyValue::new("reason", "queue_full")],
-            export_failed: [KeyValue::new("reason", "export_failed")],
-        };
-        this.add(DropReason::QueueFull, 0);
-        this.add(DropReason::ExportFailed, 0);
-        this
+    /// Sets the longest a flush or the shutdown waits for the exporter.
+    pub fn with_export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = timeout;
+        self
     }
 
-    fn add(&self, reason: DropReason, count: u64) {
-        let attributes = match reason {
-            DropReason::QueueFull => &self.queue_full,
-            DropReason::ExportFailed => &self.export_failed,
-        };
-        self.counter.add(count, attributes);
+    pub(crate) fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            max_queue_size: self.max_queue_size,
+            max_export_batch_size: self.max_export_batch_size,
+            scheduled_delay: self.scheduled_delay,
+            export_timeout: self.export_timeout,
+        }
     }
 }
 
-// Spans travel unboxed, as in the SDK's processor: the queue's slots are preallocated by the
-// channel, so queueing a span allocates nothing; boxing would cost one allocation per span.
-#[allow(clippy::large_enum_variant)]
-enum Message {
-    Span(SpanData),
-    Flush(SyncSender<OTelSdkResult>),
-    Shutdown(SyncSender<OTelSdkResult>),
+/// A span exporter driven from the export thread.
+struct SpanExport<E>(E);
+
+impl<E: SpanExporter + 'static> BatchExport for SpanExport<E> {
+    type Item = SpanData;
+
+    fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
+        futures_executor::block_on(self.0.export(batch))
+    }
+
+    fn shutdown(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 /// A batch span processor that never blocks the caller and counts what it drops (see the
 /// [module docs](self)).
 pub(crate) struct CountingBatchSpanProcessor {
-    queue: SyncSender<Message>,
-    dropped: DroppedSpans,
-    worker: Mutex<Option<JoinHandle<()>>>,
-    resource: Mutex<Option<SyncSender<Resource>>>,
+    queue: ExportQueue<SpanData>,
+    counters: Arc<SignalCounters>,
 }
 
 impl fmt::Debug for CountingBatchSpanProcessor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CountingBatchSpanProcessor")
-            .finish_non_exhaustive()
+            .field("queue", &self.queue)
+            .finish()
     }
 }
 
 impl CountingBatchSpanProcessor {
-    /// Starts the export thread. Drops are counted on `meter`.
+    /// Starts the export thread. Drops are counted on `meter` (and warned about on stderr).
+    #[cfg(test)]
     pub(crate) fn new<E>(exporter: E, settings: SpanBatchSettings, meter: &Meter) -> Self
     where
         E: SpanExporter + 'static,
     {
-        let (queue, messages) = sync_channel(settings.max_queue_size);
-        let (resource_tx, resource_rx) = sync_channel(1);
-        let dropped = DroppedSpans::new(meter);
-        let worker = ExportWorker {
+        Self::with_warnings(
             exporter,
             settings,
-            dropped: dropped.clone(),
-            batch: Vec::with_capacity(settings.max_export_batch_size),
-            resource: resource_rx,
-        };
-        let handle = std::thread::Builder::new()
-            .name("mqtrace-span-export".into())
-            .spawn(move || worker.run(messages))
-            .ok();
-        Self {
-            queue,
-            dropped,
-            worker: Mutex::new(handle),
-            resource: Mutex::new(Some(resource_tx)),
-        }
+            meter,
+            LossWarnings(Some(Duration::from_secs(10))),
+        )
     }
 
-    /// Sends a control message and waits for its answer.
-    fn control(
-        &self,
-        make: impl FnOnce(SyncSender<OTelSdkResult>) -> Message,
-        timeout: Duration,
-    ) -> OTelSdkResult {
-        let (reply, answer) = sync_channel(1);
-        // A blocking send: flush and shutdown are allowed to wait for room in the queue,
-        // spans are not.
-        self.queue
-            .send(make(reply))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        answer
-            .recv_timeout(timeout)
-            .map_err(|_| OTelSdkError::Timeout(timeout))?
+    /// Starts the export thread, warning on stderr about drops as `warnings` says.
+    pub(crate) fn with_warnings<E>(
+        exporter: E,
+        settings: SpanBatchSettings,
+        meter: &Meter,
+        warnings: LossWarnings,
+    ) -> Self
+    where
+        E: SpanExporter + 'static,
+    {
+        let counters = Arc::new(SignalCounters::default());
+        let queue = ExportQueue::start(
+            SpanExport(exporter),
+            settings.queue_settings(),
+            QueueNames {
+                items: "spans",
+                queue_size_variable: "OTEL_BSP_MAX_QUEUE_SIZE",
+                thread: "mqtrace-span-export",
+            },
+            warnings,
+            meter,
+            semconv::MQTRACE_TELEMETRY_SPANS_DROPPED,
+            "{span}",
+            Arc::clone(&counters),
+        );
+        Self { queue, counters }
+    }
+
+    /// The processor's account of every span it was given.
+    pub(crate) fn counters(&self) -> Arc<SignalCounters> {
+        Arc::clone(&self.counters)
     }
 }
 
@@ -183,144 +185,21 @@ impl SpanProcessor for CountingBatchSpanProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        match self.queue.try_send(Message::Span(span)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped.add(DropReason::QueueFull, 1),
-            // After shutdown: the provider is gone, nothing to count against.
-            Err(TrySendError::Disconnected(_)) => {}
+        if span.span_context.is_sampled() {
+            self.queue.offer(span);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.control(Message::Flush, Duration::from_secs(30))
+        self.queue.flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.control(Message::Shutdown, timeout);
-        if result.is_ok()
-            && let Some(handle) = self
-                .worker
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take()
-        {
-            let _ = handle.join();
-        }
-        result
+        self.queue.shutdown(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        let sender = self
-            .resource
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(sender) = sender {
-            let _ = sender.try_send(resource.clone());
-        }
-    }
-}
-
-/// The export thread's state.
-struct ExportWorker<E> {
-    exporter: E,
-    settings: SpanBatchSettings,
-    dropped: DroppedSpans,
-    batch: Vec<SpanData>,
-    resource: Receiver<Resource>,
-}
-
-impl<E: SpanExporter> ExportWorker<E> {
-    fn run(mut self, messages: Receiver<Message>) {
-        let mut deadline = Instant::now() + self.settings.scheduled_delay;
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match messages.recv_timeout(wait) {
-                Ok(Message::Span(span)) => {
-                    self.batch.push(span);
-                    if self.batch.len() >= self.settings.max_export_batch_size {
-                        let _ = self.export();
-                        deadline = Instant::now() + self.settings.scheduled_delay;
-                    }
-                }
-                Ok(Message::Flush(reply)) => {
-                    let result = self.drain(&messages);
-                    let _ = reply.send(result);
-                    deadline = Instant::now() + self.settings.scheduled_delay;
-                }
-                Ok(Message::Shutdown(reply)) => {
-                    let mut result = self.drain(&messages);
-                    let shutdown = self.exporter.shutdown();
-                    if result.is_ok() {
-                        result = shutdown;
-                    }
-                    let _ = reply.send(result);
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.export();
-                    deadline = Instant::now() + self.settings.scheduled_delay;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.export();
-                    let _ = self.exporter.shutdown();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Exports everything queued now (a flush); control messages found on the way are
-    /// answered after it.
-    fn drain(&mut self, messages: &Receiver<Message>) -> OTelSdkResult {
-        let mut later = Vec::new();
-        let mut result = Ok(());
-        while let Ok(message) = messages.try_recv() {
-            match message {
-                Message::Span(span) => {
-                    self.batch.push(span);
-                    if self.batch.len() >= self.settings.max_export_batch_size {
-                        result = result.and(self.export());
-                    }
-                }
-                control => later.push(control),
-            }
-        }
-        result = result.and(self.export());
-        for message in later {
-            if let Message::Flush(reply) | Message::Shutdown(reply) = message {
-                // A second flush (or a shutdown racing a flush) is satisfied by this one;
-                // the shutdown itself happens when the provider drops the channel.
-                let answer = match &result {
-                    Ok(()) => Ok(()),
-                    Err(err) => Err(OTelSdkError::InternalFailure(err.to_string())),
-                };
-                let _ = reply.send(answer);
-            }
-        }
-        result
-    }
-
-    fn export(&mut self) -> OTelSdkResult {
-        if let Ok(resource) = self.resource.try_recv() {
-            self.exporter.set_resource(&resource);
-        }
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let spans = std::mem::replace(
-            &mut self.batch,
-            Vec::with_capacity(self.settings.max_export_batch_size),
-        );
-        let count = spans.len() as u64;
-        let result = futures_executor::block_on(self.exporter.export(spans));
-        if result.is_err() {
-            self.dropped.add(DropReason::ExportFailed, count);
-        }
-        result
+        self.queue.set_resource(resource);
     }
 }
 
@@ -332,7 +211,9 @@ mod tests {
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use std::sync::Arc;
+    use opentelemetry_sdk::error::OTelSdkError;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Instant;
 
     /// An exporter that blocks while `blocked` is set, then fails or succeeds.
     #[derive(Debug, Clone, Default)]
@@ -489,5 +370,76 @@ mod tests {
             provider.force_flush().is_err(),
             "flush after shutdown is an error, not a hang"
         );
+    }
+
+    #[test]
+    fn every_span_is_accounted_for_exactly_once() {
+        let exporter = GatedExporter::default();
+        exporter.blocked.store(true, Ordering::SeqCst);
+        let metrics = InMemoryMetricExporter::default();
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics).build())
+            .build();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "test");
+        let settings = SpanBatchSettings::default()
+            .with_max_queue_size(16)
+            .with_max_export_batch_size(4);
+        let processor = CountingBatchSpanProcessor::new(exporter.clone(), settings, &meter);
+        let counters = processor.counters();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("t");
+        for _ in 0..50 {
+            tracer.start("s").end();
+        }
+        exporter.blocked.store(false, Ordering::SeqCst);
+        provider.force_flush().expect("flush");
+        exporter.failing.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            tracer.start("s").end();
+        }
+        assert!(provider.force_flush().is_err());
+        let stats = counters.snapshot();
+        assert!(stats.dropped_queue_full > 0, "{stats:?}");
+        assert_eq!(stats.dropped_export_failed, 3, "{stats:?}");
+        assert_eq!(stats.exported, exporter.exported.load(Ordering::SeqCst) as u64);
+        assert_eq!(stats.exported + stats.dropped(), 53, "{stats:?}");
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_a_hung_exporter_and_counts_what_it_leaves() {
+        let exporter = GatedExporter::default();
+        exporter.blocked.store(true, Ordering::SeqCst);
+        let metrics = InMemoryMetricExporter::default();
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics).build())
+            .build();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "test");
+        let settings = SpanBatchSettings::default()
+            .with_max_queue_size(100)
+            .with_max_export_batch_size(4);
+        let processor = CountingBatchSpanProcessor::new(exporter.clone(), settings, &meter);
+        let counters = processor.counters();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("t");
+        for _ in 0..10 {
+            tracer.start("s").end();
+        }
+        // The exporter never returns while blocked: shutdown must come back on its own.
+        let result = provider.shutdown_with_timeout(Duration::from_millis(200));
+        assert!(result.is_err(), "a hung exporter is reported");
+        let stats = counters.snapshot();
+        assert_eq!(stats.dropped_at_shutdown, 10, "{stats:?}");
+        // The exporter finishing later counts nothing twice.
+        exporter.blocked.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while exporter.exported.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let later = counters.snapshot();
+        assert_eq!(later.exported + later.dropped(), 10, "{later:?}");
     }
 }
