@@ -17,6 +17,10 @@
 //! | `propagation` | inject + extract time, mqtrace on rdkafka / AMQP headers ÷ the SDK's `TraceContextPropagator` on a `HashMap` (the worse of the two carriers) | ≤ 1.0 |
 //! | `batch_tracing_share` | tracing time per batch of 1,024 (links, attributes, spans) ÷ the CPU model's time for that batch | < 0.01 |
 //! | `send_latency_blocked_exporter` | traced send latency with the collector hanging ÷ with it healthy (the worse of p50 and p99) | ≤ 1.05 |
+//! | `export_spans_per_s` | spans per second one export thread writes: `file=` OTLP-JSON lines (mqtrace's file exporter), `otlp_http=` OTLP/HTTP protobuf to the testkit's receiver on loopback; the main job's span mix, batches of 512 | file ≥ 200,000 |
+//!
+//! A throughput figure whose traced side lost spans (the export queue overflowed: dropped
+//! spans cost less than exported ones and would flatter it) prints `INVALID` after its ratio.
 //!
 //! The traced side exports for real: spans go through the SDK's batch span processor to an
 //! in-process exporter that counts them (so the export thread runs as it would, and the
@@ -125,6 +129,8 @@ struct Sizes {
     batch_rounds: usize,
     latency_sends: usize,
     latency_pairs: usize,
+    export_spans: usize,
+    export_rounds: usize,
 }
 
 impl Sizes {
@@ -138,6 +144,8 @@ impl Sizes {
         batch_rounds: 30,
         latency_sends: 5_000,
         latency_pairs: 7,
+        export_spans: 51_200,
+        export_rounds: 3,
     };
     const FULL: Sizes = Sizes {
         kafka_messages: 200_000,
@@ -149,6 +157,8 @@ impl Sizes {
         batch_rounds: 50,
         latency_sends: 10_000,
         latency_pairs: 7,
+        export_spans: 204_800,
+        export_rounds: 5,
     };
 }
 
@@ -197,6 +207,11 @@ fn main() -> anyhow::Result<()> {
     if wanted("amqp_throughput") {
         let started = Instant::now();
         runtime.block_on(amqp_throughput(&sizes))?;
+        took(started);
+    }
+    if wanted("export_spans_per_s") {
+        let started = Instant::now();
+        export_spans_per_s(&runtime, &sizes)?;
         took(started);
     }
     if wanted("send_latency_blocked_exporter") {
@@ -279,6 +294,20 @@ fn thousands(n: f64) -> String {
     out
 }
 
+/// ` INVALID (...)` when the traced side exported fewer spans than it recorded: the export
+/// queue overflowed, and dropped spans cost less than exported ones.
+fn invalid_if_spans_lost(exported: usize, expected: usize) -> String {
+    if exported < expected {
+        format!(
+            " INVALID ({} of {} spans dropped on the traced side)",
+            thousands((expected - exported) as f64),
+            thousands(expected as f64)
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// A span exporter that counts what it is given and drops it: the in-process sink.
 #[derive(Debug, Clone, Default)]
 struct CountingExporter {
@@ -310,7 +339,7 @@ impl InProcessTelemetry {
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
-                    .with_max_queue_size(8192)
+                    .with_max_queue_size(65_536)
                     .with_max_export_batch_size(512)
                     .with_scheduled_delay(Duration::from_millis(200))
                     .build(),
@@ -1034,7 +1063,10 @@ async fn kafka_throughput(sizes: &Sizes) -> anyhow::Result<()> {
     // Per traced round: a send and a process span per message, warm-up included.
     let expected = sizes.kafka_pairs * 2 * (messages + KAFKA_PARTITIONS as usize);
     let ratio = median(&mut ratios.clone());
-    println!("kafka_throughput: ratio={ratio:.2}");
+    println!(
+        "kafka_throughput: ratio={ratio:.2}{}",
+        invalid_if_spans_lost(exported, expected)
+    );
     println!(
         "  raw {} msg/s, traced {} msg/s (medians); per-pair ratios {}",
         thousands(median(&mut raw)),
@@ -1245,7 +1277,10 @@ async fn amqp_throughput(sizes: &Sizes) -> anyhow::Result<()> {
     // Per traced message: send, process and ack spans.
     let expected = sizes.amqp_pairs * 3 * messages;
     let ratio = median(&mut ratios.clone());
-    println!("amqp_throughput: ratio={ratio:.2}");
+    println!(
+        "amqp_throughput: ratio={ratio:.2}{}",
+        invalid_if_spans_lost(exported, expected)
+    );
     println!(
         "  raw {} msg/s, traced {} msg/s (medians); per-pair ratios {}",
         thousands(median(&mut raw)),
@@ -1382,6 +1417,251 @@ fn send_latency_blocked_exporter(runtime: &Runtime, sizes: &Sizes) -> anyhow::Re
         list(&p99_ratios, 3),
         sizes.latency_pairs,
         thousands(sizes.latency_sends as f64)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// export_spans_per_s
+// ---------------------------------------------------------------------------------------
+
+/// The main job's spans per request, as they reach the exporter: the caller's root, the
+/// request's send, the reply's send (linked to its batch) and the reply's process (remote
+/// parent, linked); and per 64 requests a batch `process` span with 128 links and five stage
+/// spans.
+fn main_job_spans(count: usize) -> Vec<SpanData> {
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use std::borrow::Cow;
+    use std::time::SystemTime;
+
+    let scope = InstrumentationScope::builder("mqtrace")
+        .with_version("0.1.0")
+        .with_schema_url("https://opentelemetry.io/schemas/1.44.0")
+        .build();
+    let context = |trace: u128, span: u64, remote: bool| {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::SAMPLED,
+            remote,
+            TraceState::default(),
+        )
+    };
+    let kafka = |operation: &'static str, destination: &'static str| {
+        vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", operation),
+            KeyValue::new("messaging.destination.name", destination),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 36313_i64),
+            KeyValue::new("messaging.operation.type", operation),
+            KeyValue::new("messaging.message.body.size", 128_i64),
+            KeyValue::new("messaging.destination.partition.id", "2"),
+            KeyValue::new("messaging.kafka.offset", 81_234_i64),
+        ]
+    };
+    let link = |trace: u128, span: u64| {
+        opentelemetry::trace::Link::new(
+            context(trace, span, true),
+            vec![
+                KeyValue::new("messaging.destination.partition.id", "1"),
+                KeyValue::new("messaging.kafka.offset", 4_321_i64),
+            ],
+            0,
+        )
+    };
+    let now = SystemTime::now();
+    let span = |name: &'static str,
+                kind: SpanKind,
+                trace: u128,
+                id: u64,
+                parent: u64,
+                attributes: Vec<KeyValue>,
+                links: Vec<opentelemetry::trace::Link>| {
+        let mut span_links = SpanLinks::default();
+        span_links.links = links;
+        SpanData {
+            span_context: context(trace, id, false),
+            parent_span_id: SpanId::from(parent),
+            parent_span_is_remote: parent != 0,
+            span_kind: kind,
+            name: Cow::Borrowed(name),
+            start_time: now,
+            end_time: now + Duration::from_micros(420),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: span_links,
+            status: opentelemetry::trace::Status::Unset,
+            instrumentation_scope: scope.clone(),
+        }
+    };
+    let mut spans = Vec::with_capacity(count);
+    let mut request = 0_u128;
+    while spans.len() < count {
+        request += 1;
+        let trace = request << 64 | 0x5eed;
+        let id = |n: u64| (request as u64) << 8 | n;
+        spans.push(span(
+            "inference.request",
+            SpanKind::Client,
+            trace,
+            id(1),
+            0,
+            vec![KeyValue::new("app.request.kind", "fraud_score")],
+            vec![],
+        ));
+        spans.push(span(
+            "send inference-requests",
+            SpanKind::Producer,
+            trace,
+            id(2),
+            id(1),
+            kafka("send", "inference-requests"),
+            vec![],
+        ));
+        spans.push(span(
+            "send inference-replies",
+            SpanKind::Producer,
+            trace,
+            id(3),
+            id(2),
+            kafka("send", "inference-replies"),
+            vec![link(request + 1_000_000, 7)],
+        ));
+        spans.push(span(
+            "process inference-replies",
+            SpanKind::Consumer,
+            trace,
+            id(4),
+            id(3),
+            kafka("process", "inference-replies"),
+            vec![link(trace, id(3))],
+        ));
+        if request % 64 == 0 {
+            let batch = request + 1_000_000;
+            spans.push(span(
+                "process inference-requests",
+                SpanKind::Consumer,
+                batch,
+                7,
+                0,
+                kafka("process", "inference-requests"),
+                (0..128).map(|i| link(batch + i, 2)).collect(),
+            ));
+            for stage in [
+                "features.fetch",
+                "features.preprocess",
+                "model.execute",
+                "cpu.compute",
+                "postprocess",
+            ] {
+                spans.push(span(
+                    stage,
+                    SpanKind::Internal,
+                    batch,
+                    8,
+                    7,
+                    vec![
+                        KeyValue::new("ml.inference.batch_size", 256_i64),
+                        KeyValue::new("ml.device.type", "cpu"),
+                    ],
+                    vec![],
+                ));
+            }
+        }
+    }
+    spans.truncate(count);
+    spans
+}
+
+/// Spans per second through `export`, batches of 512 prepared before the clock starts
+/// (the SDK hands exporters owned batches); the median of `rounds`.
+fn spans_per_second(
+    spans: &[SpanData],
+    rounds: usize,
+    mut export: impl FnMut(Vec<SpanData>) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        let batches: Vec<Vec<SpanData>> = spans.chunks(512).map(<[SpanData]>::to_vec).collect();
+        let started = Instant::now();
+        for batch in batches {
+            export(batch)?;
+        }
+        rates.push(spans.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(median(&mut rates))
+}
+
+fn export_spans_per_s(runtime: &Runtime, sizes: &Sizes) -> anyhow::Result<()> {
+    use mqtrace::core::telemetry::file::FileSpanExporter;
+    use opentelemetry_otlp::WithExportConfig;
+
+    let spans = main_job_spans(sizes.export_spans);
+    let dir = std::env::temp_dir().join(unique_name("mqtrace-export-bench"));
+    std::fs::create_dir_all(&dir)?;
+
+    // The file exporter, and what it did before (the protobuf structs, then serde).
+    let path = dir.join("traces.jsonl");
+    let file = FileSpanExporter::create(&path)?;
+    let file_rate = spans_per_second(&spans, sizes.export_rounds, |batch| {
+        file.write_batch(&batch)
+            .map_err(|e| anyhow::anyhow!("file export: {e}"))
+    })?;
+    let bytes = std::fs::metadata(&path)?.len() as f64 / (spans.len() * sizes.export_rounds) as f64;
+    let via_proto_path = dir.join("via-proto.jsonl");
+    let mut via_proto = std::io::BufWriter::new(std::fs::File::create(&via_proto_path)?);
+    let resource =
+        opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema::default();
+    let proto_rate = spans_per_second(&spans, sizes.export_rounds, |batch| {
+        use std::io::Write as _;
+        let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+            resource_spans:
+                opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
+                    batch, &resource,
+                ),
+        };
+        serde_json::to_writer(&mut via_proto, &request)?;
+        via_proto.write_all(b"\n")?;
+        via_proto.flush()?;
+        Ok(())
+    })?;
+
+    // OTLP/HTTP to the testkit's receiver on loopback (decoding on this process's runtime).
+    let receiver = runtime.block_on(OtlpReceiver::start())?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", receiver.http_endpoint()))
+        .build()?;
+    let otlp_rate = spans_per_second(&spans, sizes.export_rounds, |batch| {
+        futures_executor::block_on(exporter.export(batch))
+            .map_err(|e| anyhow::anyhow!("OTLP/HTTP export: {e}"))
+    })?;
+    let received = receiver.span_count();
+    let sent = spans.len() * sizes.export_rounds;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "export_spans_per_s: file={} otlp_http={}{}",
+        thousands(file_rate),
+        thousands(otlp_rate),
+        if received < sent {
+            format!(" INVALID (the receiver got {received} of {sent} spans)")
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  one thread, {} spans × {} rounds of the main job's mix (4 per request + a 128-link batch span and 5 stage spans per 64 requests), batches of 512; {bytes:.0} B of OTLP-JSON per span",
+        thousands(spans.len() as f64),
+        sizes.export_rounds
+    );
+    println!(
+        "  file before (protobuf structs, then serde_json): {} spans/s; the direct writer is {:.1}x that",
+        thousands(proto_rate),
+        file_rate / proto_rate
     );
     Ok(())
 }

@@ -153,6 +153,21 @@ async fn flush_spans(guard: &TelemetryGuard) -> bool {
         .expect("flush task")
 }
 
+/// Waits until the pipeline has accounted for `spans` spans (exported or dropped).
+async fn settled(guard: &TelemetryGuard, spans: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let stats = guard.stats().spans;
+        if stats.exported + stats.dropped() >= spans {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn collector_absent_for_the_whole_run(protocol: OtlpProtocol) {
     let receiver = OtlpReceiver::start().await.expect("receiver");
     // Nothing listens on its ports while the messages flow.
@@ -171,6 +186,15 @@ async fn collector_absent_for_the_whole_run(protocol: OtlpProtocol) {
         !flush_spans(&guard).await,
         "a flush with no collector reports the failed export"
     );
+
+    // Every span is accounted for once the exporter has given up on each batch (it retries
+    // with backoff, so that can outlast one flush).
+    assert!(
+        settled(&guard, 900).await,
+        "all 900 spans accounted for: {:?}",
+        guard.stats()
+    );
+    assert_eq!(guard.stats().spans.exported, 0);
 
     // A collector appears after the run: it gets the count of what was lost, not the spans.
     receiver.restart().await.expect("restart");
@@ -287,5 +311,113 @@ async fn a_hanging_collector_never_holds_up_a_send() {
     assert!(
         arrived < 300.0 && arrived + overflow <= 900.0,
         "some spans were dropped ({overflow}), the rest arrived ({arrived})"
+    );
+}
+
+/// Runs 300 messages (900 spans) against `receiver` with mqtrace's default pipeline settings,
+/// then shuts the pipeline down; returns the final account and how long the shutdown took.
+async fn run_then_shut_down(
+    receiver: &OtlpReceiver,
+    protocol: OtlpProtocol,
+    phase: &str,
+) -> (telemetry::TelemetryStats, Duration) {
+    let (guard, instrumentation) = pipeline(receiver, protocol, SpanBatchSettings::default());
+    let kafka = KafkaFixture::start().expect("Kafka");
+    let delivered = flow(&kafka, &guard, &instrumentation, phase, 300).await;
+    assert_eq!(delivered, 300, "every message produced and consumed");
+    drop(instrumentation);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let stats = guard.shutdown();
+        (stats, started.elapsed())
+    })
+    .await
+    .expect("shutdown task")
+}
+
+/// The longest a shutdown may take with the default `OTEL_BSP_EXPORT_TIMEOUT` (5 s), plus
+/// room for a loaded CI machine to schedule the threads (before: 58–65 s).
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(7);
+
+/// A collector that accepts connections but never answers: shutdown still ends within the
+/// export timeout, and the account tells that every span of the run was lost and why.
+async fn shutdown_with_a_hanging_collector(protocol: OtlpProtocol) {
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    receiver.set_behaviour(Behaviour::Slow(Duration::MAX));
+    let (stats, took) = run_then_shut_down(&receiver, protocol, "hung").await;
+    assert!(took <= SHUTDOWN_BOUND, "shutdown took {took:?}");
+    assert_eq!(
+        receiver.accepted_requests(),
+        0,
+        "the collector answered nothing"
+    );
+    assert_eq!(stats.spans.exported, 0, "{stats:?}");
+    assert_eq!(
+        stats.spans.dropped(),
+        900,
+        "every span accounted for: {stats:?}"
+    );
+    let warning = stats.loss_warning().expect("the loss is told");
+    assert!(warning.contains("900 of 900 spans dropped"), "{warning}");
+    assert!(
+        warning.contains(&endpoint(&receiver, protocol)),
+        "the warning names the collector: {warning}"
+    );
+}
+
+/// No collector at all: exports fail, shutdown is short, and the loss is told.
+async fn shutdown_with_the_collector_down(protocol: OtlpProtocol) {
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    receiver.stop().await;
+    let (stats, took) = run_then_shut_down(&receiver, protocol, "down").await;
+    assert!(took <= SHUTDOWN_BOUND, "shutdown took {took:?}");
+    assert_eq!(stats.spans.exported, 0, "{stats:?}");
+    assert_eq!(
+        stats.spans.dropped(),
+        900,
+        "every span accounted for: {stats:?}"
+    );
+    assert!(
+        stats.spans.dropped_export_failed > 0,
+        "the refused exports are told as such: {stats:?}"
+    );
+    let warning = stats.loss_warning().expect("the loss is told");
+    assert!(warning.contains("export to OTLP"), "{warning}");
+    assert!(!stats.is_complete());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_hanging_collector_grpc() {
+    shutdown_with_a_hanging_collector(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_hanging_collector_http() {
+    shutdown_with_a_hanging_collector(OtlpProtocol::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_collector_down_grpc() {
+    shutdown_with_the_collector_down(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_collector_down_http() {
+    shutdown_with_the_collector_down(OtlpProtocol::HttpProtobuf).await;
+}
+
+/// A healthy collector: nothing lost, and the account matches what arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_collector_gets_every_span_and_the_account_says_so() {
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let (stats, took) = run_then_shut_down(&receiver, OtlpProtocol::HttpProtobuf, "healthy").await;
+    assert!(took <= SHUTDOWN_BOUND, "shutdown took {took:?}");
+    assert!(stats.is_complete(), "{stats:?}");
+    assert_eq!(stats.loss_warning(), None);
+    assert_eq!(stats.spans.exported, 900, "{stats:?}");
+    let arrived = receiver.span_count();
+    assert_eq!(
+        arrived, 900,
+        "the receiver has exactly what the account says"
     );
 }
