@@ -91,6 +91,8 @@ pub struct SpanRecord {
     pub batch_message_count: Option<i64>,
     /// `mqtrace.batch.formation_ms`.
     pub batch_formation_ms: Option<f64>,
+    /// `mqtrace.batch.link_spans`: how many `batch.links` children a batch span has.
+    pub batch_link_spans: Option<i64>,
     /// `mqtrace.device.duration_ms` (device time of a GPU phase).
     pub device_ms: Option<f64>,
     /// The spans this one links to.
@@ -227,7 +229,7 @@ struct JsonStatus {
 
 /// A u64 written as a JSON number or as a string (proto3 JSON writes 64-bit integers as
 /// strings).
-fn as_u64(value: &Value) -> Option<u64> {
+pub(super) fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.parse().ok(),
@@ -245,7 +247,7 @@ fn any_number(value: &Value) -> Option<f64> {
     }
 }
 
-fn any_string(value: &Value) -> Option<&str> {
+pub(super) fn any_string(value: &Value) -> Option<&str> {
     value.get("stringValue")?.as_str()
 }
 
@@ -383,6 +385,7 @@ impl SpanSet {
             destination: None,
             batch_message_count: None,
             batch_formation_ms: None,
+            batch_link_spans: None,
             device_ms: None,
             links: Vec::with_capacity(span.links.len()),
             error: span
@@ -401,6 +404,9 @@ impl SpanSet {
                 }
                 "mqtrace.batch.formation_ms" => {
                     record.batch_formation_ms = any_number(&attribute.value);
+                }
+                "mqtrace.batch.link_spans" => {
+                    record.batch_link_spans = any_number(&attribute.value).map(|n| n as i64);
                 }
                 "mqtrace.device.duration_ms" => record.device_ms = any_number(&attribute.value),
                 _ => {}
