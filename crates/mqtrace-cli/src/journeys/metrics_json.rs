@@ -38,6 +38,8 @@ const BATCH_SIZE: &str = "mqtrace.worker.batch.size";
 
 const DESTINATION: &str = "messaging.destination.name";
 const REASON: &str = "reason";
+/// The `reason`s mqtrace's span pipeline counts, in the order reports list them.
+const KNOWN_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 /// `AGGREGATION_TEMPORALITY_DELTA` in metrics.proto.
 const DELTA: u64 = 1;
 
@@ -59,10 +61,17 @@ impl DroppedSpans {
         self.total() > 0
     }
 
-    /// `queue_full 12, export_failed 0`.
+    /// `queue_full 12, export_failed 0`: the pipeline's two reasons first, any other after.
     pub fn breakdown(&self) -> String {
-        self.by_reason
+        let known = KNOWN_REASONS
             .iter()
+            .filter_map(|r| self.by_reason.get_key_value(*r));
+        let others = self
+            .by_reason
+            .iter()
+            .filter(|(reason, _)| !KNOWN_REASONS.contains(&reason.as_str()));
+        known
+            .chain(others)
             .map(|(reason, count)| format!("{reason} {count}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -423,7 +432,7 @@ mod tests {
         assert_eq!(dropped.by_reason["queue_full"], 12);
         assert_eq!(dropped.by_reason["export_failed"], 3);
         assert_eq!(dropped.total(), 15);
-        assert_eq!(dropped.breakdown(), "export_failed 3, queue_full 12");
+        assert_eq!(dropped.breakdown(), "queue_full 12, export_failed 3");
         assert!(set.has_dropped_counter());
     }
 

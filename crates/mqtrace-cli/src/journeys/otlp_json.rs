@@ -95,7 +95,8 @@ pub struct SpanRecord {
     pub batch_link_spans: Option<i64>,
     /// `mqtrace.device.duration_ms` (device time of a GPU phase).
     pub device_ms: Option<f64>,
-    /// The spans this one links to.
+    /// The spans this one links to; links to contexts that say they were not sampled are
+    /// left out (nothing of theirs was exported, so they name no missing span).
     pub links: Vec<SpanRef>,
     /// Whether its status is ERROR.
     pub error: bool,
@@ -219,6 +220,21 @@ struct JsonKeyValue {
 struct JsonLink {
     trace_id: String,
     span_id: String,
+    #[serde(default)]
+    flags: Value,
+}
+
+/// `SpanFlags` in trace.proto: bits 0-7 are the W3C trace flags; bit 8 says whether the
+/// context's remote bit is known — set by every exporter that fills the flags in.
+const FLAGS_HAVE_CONTEXT: u64 = 0x100;
+const FLAG_SAMPLED: u64 = 0x01;
+
+impl JsonLink {
+    /// Whether the flags say the linked context was not sampled (absent flags say nothing).
+    fn known_unsampled(&self) -> bool {
+        as_u64(&self.flags)
+            .is_some_and(|flags| flags & FLAGS_HAVE_CONTEXT != 0 && flags & FLAG_SAMPLED == 0)
+    }
 }
 
 #[derive(Deserialize)]
@@ -412,7 +428,7 @@ impl SpanSet {
                 _ => {}
             }
         }
-        for link in &span.links {
+        for link in span.links.iter().filter(|l| !l.known_unsampled()) {
             if let (Some(trace_id), Some(span_id)) =
                 (trace_id(&link.trace_id), span_id(&link.span_id))
             {
@@ -483,6 +499,25 @@ mod tests {
         assert!(set.spans.is_empty());
         assert_eq!(set.errors.len(), 1);
         assert!(set.errors[0].message.contains("hex"));
+    }
+
+    #[test]
+    fn links_to_unsampled_contexts_are_left_out() {
+        let link = r#"{"traceId":"0af7651916cd43dd8448eb211c80319d","spanId":"b7ad6b7169203332""#;
+        let flagged = |flags: &str| {
+            LINE.replace(&format!("{link}}}"), &format!("{link},\"flags\":{flags}}}"))
+        };
+        assert_eq!(
+            read(&flagged("768")).spans[0].links.len(),
+            0,
+            "remote, unsampled"
+        );
+        assert_eq!(
+            read(&flagged("769")).spans[0].links.len(),
+            1,
+            "remote, sampled"
+        );
+        assert_eq!(read(&flagged("0")).spans[0].links.len(), 1, "flags unknown");
     }
 
     #[test]
