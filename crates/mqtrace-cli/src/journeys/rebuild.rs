@@ -4,12 +4,11 @@
 //!
 //! What counts as a request: a PRODUCER span to a destination that batch spans consume
 //! (CONSUMER spans with `messaging.batch.message_count`, and their `batch.links` children),
-//! outside any batch's trace; and a
-//! request whose send span is missing but that shows downstream (see *Requests seen only
-//! downstream*). Stages are laid end to end on one cursor from the request's send start: each
-//! stage starts where the previous ended (or where its span starts, the gap becoming an
-//! explicit `untraced` stage), so the stages of a journey always add up to its end-to-end
-//! latency.
+//! outside any batch's trace; and a request whose send span is missing but that shows
+//! downstream (see *Requests seen only downstream*). Stages are laid end to end on one cursor
+//! from the request's send start: each stage starts where the previous ended (or where its
+//! span starts, the gap becoming an explicit `untraced` stage), so the stages of a journey
+//! always add up to its end-to-end latency.
 //!
 //! # Breaks and gaps
 //!
