@@ -129,7 +129,12 @@ fn journeys(args: JourneysArgs) -> Result<()> {
     } else {
         print!("{}", report.to_text());
     }
-    if journeys.journeys.is_empty() {
+    if journeys.journeys.is_empty() && report.requests() > 0 {
+        eprintln!(
+            "mqtrace journeys: the producers' metrics count {} requests, but none left a span to rebuild it from (unsampled, or every span dropped)",
+            report.requests()
+        );
+    } else if journeys.journeys.is_empty() {
         eprintln!(
             "mqtrace journeys: no requests found: no PRODUCER span goes to a destination that a batch span (CONSUMER with messaging.batch.message_count) consumes"
         );

@@ -2,7 +2,8 @@
 //! `ExportMetricsServiceRequest`, `{"resourceMetrics": [...]}`, per line, as mqtrace's
 //! telemetry module and the Collector's file exporter write `metrics.jsonl`):
 //!
-//! - `mqtrace.telemetry.spans.dropped{reason}`: spans the pipeline lost, so the report can
+//! - `mqtrace.telemetry.spans.dropped{reason}` (`queue_full`, `export_failed`, `shutdown`):
+//!   spans the pipeline lost, so the report can
 //!   say the traces are incomplete and the rebuild can tell a dropped span from a break;
 //! - `messaging.client.sent.messages{messaging.destination.name}`: how many requests were
 //!   sent, so requests that left no span at all are still counted;
@@ -39,11 +40,12 @@ const BATCH_SIZE: &str = "mqtrace.worker.batch.size";
 const DESTINATION: &str = "messaging.destination.name";
 const REASON: &str = "reason";
 /// The `reason`s mqtrace's span pipeline counts, in the order reports list them.
-const KNOWN_REASONS: [&str; 2] = ["queue_full", "export_failed"];
+const KNOWN_REASONS: [&str; 3] = ["queue_full", "export_failed", "shutdown"];
 /// `AGGREGATION_TEMPORALITY_DELTA` in metrics.proto.
 const DELTA: u64 = 1;
 
-/// Spans the telemetry pipeline reported lost, by `reason` (`queue_full`, `export_failed`).
+/// Spans the telemetry pipeline reported lost, by `reason` (`queue_full`, `export_failed`,
+/// `shutdown`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DroppedSpans {
     /// Spans lost per reason.

@@ -211,20 +211,21 @@ impl<'j> Report<'j> {
         })
     }
 
-    /// What to do about dropped spans, by reason.
-    fn telemetry_advice(&self) -> &'static str {
+    /// What to do about dropped spans, one hint per reason that lost any.
+    fn telemetry_advice(&self) -> String {
         let dropped = &self.journeys.dropped.by_reason;
-        let queue_full = dropped.get("queue_full").copied().unwrap_or(0) > 0;
-        let export_failed = dropped.get("export_failed").copied().unwrap_or(0) > 0;
-        match (queue_full, export_failed) {
-            (true, false) => {
-                "the span queue overflowed: raise OTEL_BSP_MAX_QUEUE_SIZE (and OTEL_BSP_MAX_EXPORT_BATCH_SIZE)"
-            }
-            (false, true) => "exports failed: check the collector (or the telemetry directory)",
-            _ => {
-                "raise OTEL_BSP_MAX_QUEUE_SIZE for queue_full; check the collector for export_failed"
-            }
+        let lost = |reason: &str| dropped.get(reason).copied().unwrap_or(0) > 0;
+        let mut advice = Vec::new();
+        if lost("queue_full") {
+            advice.push("queue_full: raise OTEL_BSP_MAX_QUEUE_SIZE");
         }
+        if lost("export_failed") {
+            advice.push("export_failed: check the collector (or the telemetry directory)");
+        }
+        if lost("shutdown") {
+            advice.push("shutdown: the export did not finish in OTEL_BSP_EXPORT_TIMEOUT");
+        }
+        advice.join("; ")
     }
 
     fn gap_json(journey: &Journey, code: &str, explanation: &str) -> Value {

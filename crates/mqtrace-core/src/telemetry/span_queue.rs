@@ -207,11 +207,11 @@ impl SpanProcessor for CountingBatchSpanProcessor {
 mod tests {
     use super::*;
     use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
+    use opentelemetry_sdk::error::OTelSdkError;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use std::sync::Arc;
-    use opentelemetry_sdk::error::OTelSdkError;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Instant;
 
@@ -403,7 +403,10 @@ mod tests {
         let stats = counters.snapshot();
         assert!(stats.dropped_queue_full > 0, "{stats:?}");
         assert_eq!(stats.dropped_export_failed, 3, "{stats:?}");
-        assert_eq!(stats.exported, exporter.exported.load(Ordering::SeqCst) as u64);
+        assert_eq!(
+            stats.exported,
+            exporter.exported.load(Ordering::SeqCst) as u64
+        );
         assert_eq!(stats.exported + stats.dropped(), 53, "{stats:?}");
     }
 
