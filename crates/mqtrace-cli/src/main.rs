@@ -7,8 +7,9 @@
 //!   `mqtrace_testkit::kafka_control`), and serves any Kafka client (rdkafka, kcat, Python)
 //!   until Ctrl-C, SIGTERM or `--duration`.
 //! - `mqtrace journeys [FILE|DIR]...`: each request's journey rebuilt from exported OTLP-JSON
-//!   traces (see [`mqtrace_cli::journeys`]): a stage table, the slowest requests, the broken
-//!   ones; `--json` for machines, `--html PATH` for a page with a timeline.
+//!   traces (see [`mqtrace_cli::journeys`]): whether spans were dropped (from the metrics
+//!   beside the traces, or `--metrics FILE`), a stage table, the slowest requests, the broken
+//!   and the incomplete ones; `--json` for machines, `--html PATH` for a page with a timeline.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use mqtrace_cli::journeys::{MAX_ROWS, Report, SpanSet, rebuild, render_html};
+use mqtrace_cli::journeys::{
+    MAX_ROWS, MetricSet, Report, SpanSet, metrics_beside, rebuild_with, render_html,
+};
 use mqtrace_testkit::kafka::EmbeddedKafka;
 use mqtrace_testkit::kafka_control::ControlServer;
 
@@ -45,6 +48,11 @@ struct JourneysArgs {
     /// exporter output).
     #[arg(default_value = "telemetry")]
     paths: Vec<PathBuf>,
+    /// OTLP-JSON metrics files holding `mqtrace.telemetry.spans.dropped` (and the producers'
+    /// `messaging.client.sent.messages`); repeatable. Default: the `metrics*.jsonl` beside
+    /// each traces path.
+    #[arg(long, value_name = "FILE")]
+    metrics: Vec<PathBuf>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     json: bool,
@@ -98,10 +106,12 @@ fn journeys(args: JourneysArgs) -> Result<()> {
             spans.errors.len() - 10
         );
     }
-    let journeys = rebuild(&spans);
+    let metrics = read_metrics(&args)?;
+    let journeys = rebuild_with(&spans, &metrics.dropped_spans());
     // The HTML page shows up to MAX_ROWS of the slowest requests, whatever --top says; the
     // listing then keeps the --top slowest of them.
-    let mut report = Report::new(&journeys, &spans.errors, args.top.max(MAX_ROWS));
+    let mut report =
+        Report::new(&journeys, &spans.errors, args.top.max(MAX_ROWS)).with_metrics(&metrics);
     if let Some(path) = &args.html {
         let source = args
             .paths
@@ -119,12 +129,34 @@ fn journeys(args: JourneysArgs) -> Result<()> {
     } else {
         print!("{}", report.to_text());
     }
-    if journeys.journeys.is_empty() {
+    if journeys.journeys.is_empty() && report.requests() > 0 {
+        eprintln!(
+            "mqtrace journeys: the producers' metrics count {} requests, but none left a span to rebuild it from (unsampled, or every span dropped)",
+            report.requests()
+        );
+    } else if journeys.journeys.is_empty() {
         eprintln!(
             "mqtrace journeys: no requests found: no PRODUCER span goes to a destination that a batch span (CONSUMER with messaging.batch.message_count) consumes"
         );
     }
     Ok(())
+}
+
+/// The metrics named with `--metrics`, else those beside the traces paths.
+fn read_metrics(args: &JourneysArgs) -> Result<MetricSet> {
+    let files: Vec<PathBuf> = if args.metrics.is_empty() {
+        args.paths.iter().flat_map(|p| metrics_beside(p)).collect()
+    } else {
+        args.metrics.clone()
+    };
+    let mut metrics = MetricSet::new();
+    for file in &files {
+        metrics.read_file(file)?;
+    }
+    for error in metrics.errors.iter().take(10) {
+        eprintln!("mqtrace journeys: skipped {error}");
+    }
+    Ok(metrics)
 }
 
 fn mock_kafka(args: MockKafkaArgs) -> Result<()> {

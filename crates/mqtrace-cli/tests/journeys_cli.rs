@@ -40,6 +40,7 @@ fn line(spans: Vec<Value>) -> String {
 
 const REQUEST: &str = "0af7651916cd43dd8448eb211c80319c";
 const BATCH: &str = "1af7651916cd43dd8448eb211c80319c";
+const OTHER: &str = "2af7651916cd43dd8448eb211c80319c";
 
 #[test]
 fn a_directory_of_traces_becomes_a_report_despite_bad_lines() {
@@ -148,5 +149,127 @@ fn a_directory_of_traces_becomes_a_report_despite_bad_lines() {
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/traces.jsonl")
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A metrics line with the dropped-spans counter, as the telemetry module writes it.
+fn dropped_line(queue_full: u64, export_failed: u64) -> String {
+    let point = |reason: &str, value: u64| {
+        json!({
+            "attributes": [{"key": "reason", "value": {"stringValue": reason}}],
+            "startTimeUnixNano": "1", "timeUnixNano": "2", "asInt": value.to_string(),
+        })
+    };
+    json!({"resourceMetrics": [{"resource": {}, "scopeMetrics": [{"scope": {"name": "mqtrace"}, "metrics": [
+        {"name": "mqtrace.telemetry.spans.dropped", "sum": {"aggregationTemporality": 2, "isMonotonic": true,
+            "dataPoints": [point("queue_full", queue_full), point("export_failed", export_failed)]}},
+        {"name": "messaging.client.sent.messages", "sum": {"aggregationTemporality": 2, "isMonotonic": true,
+            "dataPoints": [{"attributes": [{"key": "messaging.destination.name", "value": {"stringValue": "requests"}}],
+                "startTimeUnixNano": "1", "timeUnixNano": "2", "asInt": "3"}]}},
+    ]}]}]})
+    .to_string()
+}
+
+#[test]
+fn dropped_spans_beside_the_traces_are_told_and_cut_journeys_are_not_called_breaks() {
+    let dir =
+        std::env::temp_dir().join(format!("mqtrace-journeys-drops-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut batch = with(
+        span(BATCH, "b000000000000001", "", "process requests", 5, 20, 60),
+        "requests",
+        &[(REQUEST, "a000000000000001"), (OTHER, "c000000000000001")],
+    );
+    batch["attributes"]
+        .as_array_mut()
+        .expect("attributes")
+        .push(json!({"key": "messaging.batch.message_count", "value": {"intValue": "3"}}));
+    // request 1: its reply send was dropped, the caller's process of it is in its trace;
+    // request 2 (OTHER): its send span was dropped, the batch links it; a third request left
+    // no span at all, only the producer's counter knows it
+    let traces = [
+        line(vec![
+            with(
+                span(REQUEST, "a000000000000001", "", "send requests", 4, 0, 2),
+                "requests",
+                &[],
+            ),
+            span(
+                REQUEST,
+                "a000000000000003",
+                "a000000000000002",
+                "process replies",
+                5,
+                47,
+                50,
+            ),
+        ]),
+        line(vec![batch]),
+    ]
+    .join("\n");
+    std::fs::write(dir.join("traces.jsonl"), traces).expect("traces");
+    // two exports of the cumulative counter: the latest counts
+    std::fs::write(
+        dir.join("metrics.jsonl"),
+        format!("{}\n{}\n", dropped_line(2, 0), dropped_line(5, 1)),
+    )
+    .expect("metrics");
+
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_mqtrace"))
+            .arg("journeys")
+            .args(args)
+            .output()
+            .expect("mqtrace runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let traces_file = dir.join("traces.jsonl");
+    let traces_path = traces_file.to_str().expect("utf-8 path");
+    let text = run(&[traces_path]);
+    assert!(
+        text.starts_with("telemetry incomplete: 6 spans dropped (queue_full 5, export_failed 1)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("journeys: 3 requests, 0 complete, 0 dead-lettered, 0 broken, 2 incomplete"),
+        "{text}"
+    );
+    assert!(!text.contains("context_lost"), "{text}");
+
+    let report: Value = serde_json::from_str(&run(&[traces_path, "--json"])).expect("JSON");
+    assert_eq!(report["telemetry"]["spans_dropped"], 6);
+    assert_eq!(
+        report["telemetry"]["spans_dropped_by_reason"]["queue_full"],
+        5
+    );
+    assert_eq!(report["requests"], 3);
+    assert_eq!(report["requests_with_spans"], 2);
+    assert_eq!(report["requests_without_spans"], 1);
+    assert_eq!(report["start_missing"], 1);
+    assert_eq!(report["broken"], 0);
+    assert_eq!(report["incomplete_by_reason"]["span_missing"], 1);
+    assert_eq!(report["incomplete_by_reason"]["start_missing"], 1);
+
+    // --metrics names the file explicitly (here: one that reports nothing dropped), and
+    // then the one beside the traces is not read
+    let elsewhere = dir.join("other-metrics.jsonl");
+    std::fs::write(&elsewhere, dropped_line(0, 0)).expect("metrics");
+    let report: Value = serde_json::from_str(&run(&[
+        traces_path,
+        "--json",
+        "--metrics",
+        elsewhere.to_str().expect("utf-8 path"),
+    ]))
+    .expect("JSON");
+    assert_eq!(report["telemetry"]["incomplete"], false);
+    assert_eq!(report["telemetry"]["spans_dropped"], 0);
+    // nothing dropped: the request that the batch took and nothing answered is no_reply
+    // unless something below it shows the trace went on, as here
+    assert_eq!(report["incomplete_by_reason"]["span_missing"], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,6 +60,7 @@ pub fn render(report: &Report<'_>, source: &str) -> String {
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 h1 {{ font-size: 20px; margin: 0 0 4px; }}
 p.meta {{ color: #555; margin: 0 0 16px; }}
+p.warn {{ color: #8a4b00; background: #fff4d6; padding: 6px 10px; margin: 0 0 8px; }}
 table {{ border-collapse: collapse; margin-top: 16px; }}
 th, td {{ padding: 4px 10px; text-align: right; border-bottom: 1px solid #ddd; }}
 th:first-child, td:first-child {{ text-align: left; }}
@@ -68,13 +69,21 @@ th:first-child, td:first-child {{ text-align: left; }}
 text {{ font-size: 11px; }}
 </style></head><body>
 <h1>Request journeys</h1>
-<p class="meta">{source}: {requests} requests, {complete} complete, {dead} dead-lettered, {broken} broken; {batches} batches. End to end p50 {p50:.1} ms, p99 {p99:.1} ms.</p>
+{telemetry}<p class="meta">{source}: {requests} requests, {complete} complete, {dead} dead-lettered, {broken} broken, {incomplete} incomplete; {batches} batches. End to end p50 {p50:.1} ms, p99 {p99:.1} ms.</p>
 "#,
+        telemetry = report
+            .telemetry_line()
+            .map(|line| format!(
+                "<p class=\"warn\"><strong>{}</strong>: journeys cut where a span is missing are listed as incomplete, not broken.</p>\n",
+                escape(&line)
+            ))
+            .unwrap_or_default(),
         source = escape(source),
-        requests = report.journeys.journeys.len(),
+        requests = report.requests(),
         complete = report.complete,
         dead = report.dead_lettered,
         broken = report.broken.len(),
+        incomplete = report.incomplete.len(),
         batches = report.journeys.batches,
         p50 = report.end_to_end.p50,
         p99 = report.end_to_end.p99,
@@ -100,6 +109,18 @@ text {{ font-size: 11px; }}
                 "<tr><td>{}</td><td>{count}</td><td style=\"text-align:left\">{}</td></tr>",
                 reason.as_str(),
                 escape(reason.explain())
+            );
+        }
+        page.push_str("</table>");
+    }
+    if !report.incomplete.is_empty() {
+        page.push_str("<h2>Incomplete journeys (telemetry missing)</h2><table><tr><th>reason</th><th>requests</th><th>meaning</th></tr>");
+        for (gap, count) in report.incomplete_by_reason() {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{count}</td><td style=\"text-align:left\">{}</td></tr>",
+                gap.as_str(),
+                escape(gap.explain())
             );
         }
         page.push_str("</table>");

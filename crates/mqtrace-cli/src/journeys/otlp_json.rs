@@ -91,9 +91,12 @@ pub struct SpanRecord {
     pub batch_message_count: Option<i64>,
     /// `mqtrace.batch.formation_ms`.
     pub batch_formation_ms: Option<f64>,
+    /// `mqtrace.batch.link_spans`: how many `batch.links` children a batch span has.
+    pub batch_link_spans: Option<i64>,
     /// `mqtrace.device.duration_ms` (device time of a GPU phase).
     pub device_ms: Option<f64>,
-    /// The spans this one links to.
+    /// The spans this one links to; links to contexts that say they were not sampled are
+    /// left out (nothing of theirs was exported, so they name no missing span).
     pub links: Vec<SpanRef>,
     /// Whether its status is ERROR.
     pub error: bool,
@@ -217,6 +220,21 @@ struct JsonKeyValue {
 struct JsonLink {
     trace_id: String,
     span_id: String,
+    #[serde(default)]
+    flags: Value,
+}
+
+/// `SpanFlags` in trace.proto: bits 0-7 are the W3C trace flags; bit 8 says whether the
+/// context's remote bit is known — set by every exporter that fills the flags in.
+const FLAGS_HAVE_CONTEXT: u64 = 0x100;
+const FLAG_SAMPLED: u64 = 0x01;
+
+impl JsonLink {
+    /// Whether the flags say the linked context was not sampled (absent flags say nothing).
+    fn known_unsampled(&self) -> bool {
+        as_u64(&self.flags)
+            .is_some_and(|flags| flags & FLAGS_HAVE_CONTEXT != 0 && flags & FLAG_SAMPLED == 0)
+    }
 }
 
 #[derive(Deserialize)]
@@ -227,7 +245,7 @@ struct JsonStatus {
 
 /// A u64 written as a JSON number or as a string (proto3 JSON writes 64-bit integers as
 /// strings).
-fn as_u64(value: &Value) -> Option<u64> {
+pub(super) fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.parse().ok(),
@@ -245,7 +263,7 @@ fn any_number(value: &Value) -> Option<f64> {
     }
 }
 
-fn any_string(value: &Value) -> Option<&str> {
+pub(super) fn any_string(value: &Value) -> Option<&str> {
     value.get("stringValue")?.as_str()
 }
 
@@ -383,6 +401,7 @@ impl SpanSet {
             destination: None,
             batch_message_count: None,
             batch_formation_ms: None,
+            batch_link_spans: None,
             device_ms: None,
             links: Vec::with_capacity(span.links.len()),
             error: span
@@ -402,11 +421,14 @@ impl SpanSet {
                 "mqtrace.batch.formation_ms" => {
                     record.batch_formation_ms = any_number(&attribute.value);
                 }
+                "mqtrace.batch.link_spans" => {
+                    record.batch_link_spans = any_number(&attribute.value).map(|n| n as i64);
+                }
                 "mqtrace.device.duration_ms" => record.device_ms = any_number(&attribute.value),
                 _ => {}
             }
         }
-        for link in &span.links {
+        for link in span.links.iter().filter(|l| !l.known_unsampled()) {
             if let (Some(trace_id), Some(span_id)) =
                 (trace_id(&link.trace_id), span_id(&link.span_id))
             {
@@ -477,6 +499,25 @@ mod tests {
         assert!(set.spans.is_empty());
         assert_eq!(set.errors.len(), 1);
         assert!(set.errors[0].message.contains("hex"));
+    }
+
+    #[test]
+    fn links_to_unsampled_contexts_are_left_out() {
+        let link = r#"{"traceId":"0af7651916cd43dd8448eb211c80319d","spanId":"b7ad6b7169203332""#;
+        let flagged = |flags: &str| {
+            LINE.replace(&format!("{link}}}"), &format!("{link},\"flags\":{flags}}}"))
+        };
+        assert_eq!(
+            read(&flagged("768")).spans[0].links.len(),
+            0,
+            "remote, unsampled"
+        );
+        assert_eq!(
+            read(&flagged("769")).spans[0].links.len(),
+            1,
+            "remote, sampled"
+        );
+        assert_eq!(read(&flagged("0")).spans[0].links.len(), 1, "flags unknown");
     }
 
     #[test]

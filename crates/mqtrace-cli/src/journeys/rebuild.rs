@@ -3,14 +3,53 @@
 //! spans → the reply send span in the request's trace → the reply's consumer.
 //!
 //! What counts as a request: a PRODUCER span to a destination that batch spans consume
-//! (CONSUMER spans with `messaging.batch.message_count`), outside any batch's trace. Stages
-//! are laid end to end on one cursor from the request's send start: each stage starts where
-//! the previous ended (or where its span starts, the gap becoming an explicit `untraced`
-//! stage), so the stages of a journey always add up to its end-to-end latency.
+//! (CONSUMER spans with `messaging.batch.message_count`, and their `batch.links` children),
+//! outside any batch's trace; and a request whose send span is missing but that shows
+//! downstream (see *Requests seen only downstream*). Stages are laid end to end on one cursor
+//! from the request's send start: each stage starts where the previous ended (or where its
+//! span starts, the gap becoming an explicit `untraced` stage), so the stages of a journey
+//! always add up to its end-to-end latency.
+//!
+//! # Breaks and gaps
+//!
+//! A journey that cannot be rebuilt end to end is either [`Outcome::Broken`] — the trace
+//! context really did not go on — or [`Outcome::Incomplete`] — a span is missing from the
+//! telemetry read (dropped by a full export queue or a failed export, or written by a process
+//! whose files were not given). The rules, in the order they are tried:
+//!
+//! | what the spans show | outcome |
+//! |---|---|
+//! | reply in the request's trace links a batch span that links the request (or no batch, but some batch links the request) | complete |
+//! | a dead-letter send (in a batch's trace) links the request | dead-lettered |
+//! | reply links a batch span that does not link the request, and that batch has fewer `batch.links` children than its `mqtrace.batch.link_spans` | [`Gap::SpanMissing`]: the child with the request's link was dropped |
+//! | … and the batch's link spans are all there | [`BrokenReason::MissingLink`] |
+//! | reply links only spans that were not read | [`Gap::BatchNotExported`] |
+//! | reply in the request's trace links nothing, and no batch links the request | [`BrokenReason::MissingLink`]: the context went on, the links did not |
+//! | no reply, but a span in the request's trace whose parent was not read (e.g. the caller's `process` of the reply, its `send` dropped) | [`Gap::SpanMissing`] |
+//! | no reply; a batch links the request; spans were dropped | [`Gap::TelemetryDropped`] |
+//! | no reply; a batch links the request; nothing dropped | [`BrokenReason::NoReply`] |
+//! | no reply, nothing links the request, nothing below it; spans were dropped | [`Gap::TelemetryDropped`] |
+//! | … and nothing dropped | [`BrokenReason::ContextLost`] |
+//!
+//! "Spans were dropped" is what the pipeline's `mqtrace.telemetry.spans.dropped` counter said
+//! ([`rebuild_with`]); with spans dropped, the absence of downstream spans proves nothing, so
+//! no journey is called `context_lost` or `no_reply` on absence alone. A span in the request's
+//! trace whose parent is missing proves the context went on whatever the counter says. A trace
+//! holding several requests shares that evidence among them: each of its requests with a
+//! missing reply counts the trace's orphan spans as its own.
+//!
+//! # Requests seen only downstream
+//!
+//! A request whose send span is missing is still a journey ([`Gap::StartMissing`], or
+//! dead-lettered), keyed by the send span's id as the downstream spans carry it: the target
+//! of a batch span's (or a `batch.links` span's) link, of a dead-letter send's link, or the
+//! parent of a reply send that links into a batch's trace. Only requests that left no span at
+//! all are not found here; the report counts them from the producers' metrics.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use super::metrics_json::DroppedSpans;
 use super::otlp_json::{Kind, SpanRecord, SpanRef, SpanSet};
 
 /// The stages of a journey, in the order they happen.
@@ -117,18 +156,18 @@ pub struct Phase {
     pub device_ms: Option<f64>,
 }
 
-/// Why a request's journey could not be rebuilt.
+/// Why a request's journey is broken: the trace context did not go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BrokenReason {
-    /// No batch span links to the request and no reply is in its trace: the trace headers
-    /// were lost between the producer and the worker.
+    /// No batch span links to the request, no reply is in its trace and nothing below it was
+    /// seen, while no span was dropped: the trace headers were lost between the producer and
+    /// the worker.
     ContextLost,
-    /// A reply in the request's trace links to a batch span that does not link back.
+    /// The reply is in the request's trace, but it and the batch do not link each other.
     MissingLink,
-    /// A batch took the request, but no reply is in the request's trace.
+    /// A batch took the request, but no reply is in the request's trace, while no span was
+    /// dropped.
     NoReply,
-    /// The reply links to a batch span that is not in the telemetry read.
-    BatchNotExported,
 }
 
 impl BrokenReason {
@@ -138,7 +177,6 @@ impl BrokenReason {
             BrokenReason::ContextLost => "context_lost",
             BrokenReason::MissingLink => "missing_link",
             BrokenReason::NoReply => "no_reply",
-            BrokenReason::BatchNotExported => "batch_not_exported",
         }
     }
 
@@ -149,13 +187,58 @@ impl BrokenReason {
                 "no batch span links to the request and no reply is in its trace: the trace headers were lost between producer and worker"
             }
             BrokenReason::MissingLink => {
-                "the reply links to a batch span that does not link back to the request"
+                "the reply is in the request's trace but links no batch span that links back to the request"
             }
             BrokenReason::NoReply => {
                 "a batch took the request but no reply is in the request's trace (sent without its context?)"
             }
-            BrokenReason::BatchNotExported => {
+        }
+    }
+}
+
+/// Why a request's journey is incomplete: spans are missing from the telemetry read, so
+/// the chain is cut although the context went on (or may have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Gap {
+    /// A span on the chain is missing and the context provably went on past it: a span in
+    /// the request's trace hangs under a span that was not read, or the batch lacks the
+    /// `batch.links` child that held the request's link.
+    SpanMissing,
+    /// The request's send span is missing; the request is known from downstream (a batch
+    /// link to it, a reply under it, a dead-letter link).
+    StartMissing,
+    /// The reply links to a batch span that is not in the telemetry read.
+    BatchNotExported,
+    /// The chain stops after the request (or after its batch) with nothing to show whether
+    /// the context went on, and the pipeline dropped spans: most likely these.
+    TelemetryDropped,
+}
+
+impl Gap {
+    /// The gap's code in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gap::SpanMissing => "span_missing",
+            Gap::StartMissing => "start_missing",
+            Gap::BatchNotExported => "batch_not_exported",
+            Gap::TelemetryDropped => "telemetry_dropped",
+        }
+    }
+
+    /// What it means, in words.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Gap::SpanMissing => {
+                "a span of the journey is missing from the telemetry (dropped, or from a process not read), but the trace provably went on past it"
+            }
+            Gap::StartMissing => {
+                "the request's send span is missing; the request shows downstream (batch link, reply or dead letter)"
+            }
+            Gap::BatchNotExported => {
                 "the reply links to a batch span that is not in the telemetry read"
+            }
+            Gap::TelemetryDropped => {
+                "nothing after this point of the journey was read, and the pipeline dropped spans: a drop, not provably a break"
             }
         }
     }
@@ -168,16 +251,20 @@ pub enum Outcome {
     Complete,
     /// The worker sent it to a dead-letter destination.
     DeadLettered,
-    /// The chain is broken.
+    /// The chain is broken: the context did not go on.
     Broken(BrokenReason),
+    /// The chain is cut where telemetry is missing.
+    Incomplete(Gap),
 }
 
 /// One request's journey.
 #[derive(Debug, Clone)]
 pub struct Journey {
-    /// The request's send span.
+    /// The request's send span (as the downstream spans name it when it was not read).
     pub request: SpanRef,
-    /// Where the request was sent.
+    /// Whether the send span was read (false: the request is known from downstream only).
+    pub request_read: bool,
+    /// Where the request was sent (empty when neither it nor its batch was read).
     pub destination: String,
     /// How it ended.
     pub outcome: Outcome,
@@ -229,12 +316,17 @@ impl Journey {
 /// Every request's journey, plus what the rebuild saw.
 #[derive(Debug, Default)]
 pub struct Journeys {
-    /// One per request, in the order the requests were sent.
+    /// One per request, in the order the requests were sent (those seen only downstream at
+    /// the time their batch or reply started).
     pub journeys: Vec<Journey>,
     /// Batch spans seen.
     pub batches: usize,
     /// Spans read.
     pub spans: usize,
+    /// The destinations batch spans consume: where requests go.
+    pub request_destinations: BTreeSet<String>,
+    /// Spans the pipeline reported dropped.
+    pub dropped: DroppedSpans,
 }
 
 /// Indexes over the spans.
@@ -244,10 +336,18 @@ struct Index<'s> {
     children: HashMap<SpanRef, Vec<usize>>,
     /// Batch span index → is a batch.
     batches: HashSet<usize>,
+    /// Trace ids of batch spans and of `batch.links` spans.
+    batch_traces: HashSet<u128>,
     /// A linked span → the batch spans whose links (own or `batch.links` children) hold it.
     linked_by: HashMap<SpanRef, Vec<usize>>,
+    /// Spans linked from a `batch.links` span whose batch span was not read → that span.
+    linked_by_orphan_links: HashMap<SpanRef, usize>,
     /// A linked span → other spans that link to it (dead-letter sends, replies...).
     linkers: HashMap<SpanRef, Vec<usize>>,
+    /// A batch span → its `batch.links` children read.
+    link_spans_read: HashMap<SpanRef, usize>,
+    /// Per trace, the spans whose parent was not read.
+    orphans: HashMap<u128, Vec<usize>>,
 }
 
 impl<'s> Index<'s> {
@@ -266,32 +366,55 @@ impl<'s> Index<'s> {
             .filter(|(_, s)| s.kind == Kind::Consumer && s.batch_message_count.is_some())
             .map(|(i, _)| i)
             .collect();
-        let mut linked_by: HashMap<SpanRef, Vec<usize>> = HashMap::new();
-        let mut linkers: HashMap<SpanRef, Vec<usize>> = HashMap::new();
-        for (i, span) in spans.iter().enumerate() {
-            let owner = if batches.contains(&i) {
-                Some(i)
-            } else if &*span.name == "batch.links" {
-                span.parent()
-                    .and_then(|p| by_id.get(&p).copied())
-                    .filter(|p| batches.contains(p))
-            } else {
-                None
-            };
-            for link in &span.links {
-                match owner {
-                    Some(batch) => linked_by.entry(*link).or_default().push(batch),
-                    None => linkers.entry(*link).or_default().push(i),
-                }
-            }
-        }
-        Self {
+        let mut index = Self {
             spans,
             by_id,
             children,
+            batch_traces: HashSet::new(),
             batches,
-            linked_by,
-            linkers,
+            linked_by: HashMap::new(),
+            linked_by_orphan_links: HashMap::new(),
+            linkers: HashMap::new(),
+            link_spans_read: HashMap::new(),
+            orphans: HashMap::new(),
+        };
+        index.index_links_and_orphans();
+        index
+    }
+
+    fn index_links_and_orphans(&mut self) {
+        for (i, span) in self.spans.iter().enumerate() {
+            let parent = span.parent();
+            let parent_read = parent.and_then(|p| self.by_id.get(&p).copied());
+            if parent.is_some() && parent_read.is_none() {
+                self.orphans.entry(span.id.trace_id).or_default().push(i);
+            }
+            let is_link_span = &*span.name == "batch.links";
+            let owner = if self.batches.contains(&i) {
+                Some(i)
+            } else if is_link_span {
+                parent_read.filter(|p| self.batches.contains(p))
+            } else {
+                None
+            };
+            if self.batches.contains(&i) || is_link_span {
+                self.batch_traces.insert(span.id.trace_id);
+            }
+            if let (true, Some(batch)) = (is_link_span, owner) {
+                *self
+                    .link_spans_read
+                    .entry(self.spans[batch].id)
+                    .or_default() += 1;
+            }
+            for link in &span.links {
+                match owner {
+                    Some(batch) => self.linked_by.entry(*link).or_default().push(batch),
+                    None if is_link_span => {
+                        self.linked_by_orphan_links.insert(*link, i);
+                    }
+                    None => self.linkers.entry(*link).or_default().push(i),
+                }
+            }
         }
     }
 
@@ -312,7 +435,8 @@ impl<'s> Index<'s> {
             .map(|&i| &self.spans[i])
     }
 
-    /// The descendants of `root` (not `root` itself), breadth first.
+    /// The descendants of `root` (not `root` itself, which need not have been read),
+    /// breadth first.
     fn descendants(&self, root: SpanRef) -> Vec<&'s SpanRecord> {
         let mut found = Vec::new();
         let mut queue = vec![root];
@@ -328,27 +452,75 @@ impl<'s> Index<'s> {
     fn batch_child(&self, batch: SpanRef, name: &str) -> Option<&'s SpanRecord> {
         self.children(batch).find(|c| &*c.name == name)
     }
+
+    /// The batch spans that link `request`.
+    fn linking_batches(&self, request: SpanRef) -> Vec<&'s SpanRecord> {
+        self.linked_by
+            .get(&request)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.spans[i])
+            .collect()
+    }
+
+    /// Whether some of `batch`'s `batch.links` children were not read.
+    fn link_spans_missing(&self, batch: &SpanRecord) -> bool {
+        let expected = batch.batch_link_spans.unwrap_or(0).max(0) as usize;
+        self.link_spans_read.get(&batch.id).copied().unwrap_or(0) < expected
+    }
+
+    /// Whether a span in `request`'s trace hangs under a span that was not read, other than
+    /// the request itself and its ancestors: the trace went on past a missing span.
+    fn went_on_past_a_missing_span(&self, request: SpanRef) -> bool {
+        let mut ancestry = HashSet::from([request.span_id]);
+        let mut cursor = self.get(request).and_then(SpanRecord::parent);
+        while let Some(parent) = cursor {
+            if !ancestry.insert(parent.span_id) {
+                break; // a cycle in bad data
+            }
+            cursor = self.get(parent).and_then(SpanRecord::parent);
+        }
+        self.orphans
+            .get(&request.trace_id)
+            .into_iter()
+            .flatten()
+            .any(|&i| !ancestry.contains(&self.spans[i].id.span_id))
+    }
+
+    /// The dead-letter send for `request`: a send in a batch's trace that links to it.
+    fn dead_letter(&self, request: SpanRef) -> Option<&'s SpanRecord> {
+        self.linkers
+            .get(&request)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.spans[i])
+            .find(|s| s.kind == Kind::Producer && s.id.trace_id != request.trace_id)
+    }
 }
 
-/// Rebuilds every request's journey.
+/// Rebuilds every request's journey, knowing nothing of dropped spans (as if none were).
 pub fn rebuild(set: &SpanSet) -> Journeys {
+    rebuild_with(set, &DroppedSpans::default())
+}
+
+/// Rebuilds every request's journey; `dropped` is what the pipeline reported lost (see the
+/// module docs for how it changes the outcomes).
+pub fn rebuild_with(set: &SpanSet, dropped: &DroppedSpans) -> Journeys {
     let index = Index::new(&set.spans);
-    let request_destinations: HashSet<&str> = index
-        .batches
+    let request_destinations: BTreeSet<String> = set
+        .spans
         .iter()
-        .filter_map(|&i| set.spans[i].destination.as_deref())
-        .collect();
-    let batch_traces: HashSet<u128> = index
-        .batches
-        .iter()
-        .map(|&i| set.spans[i].id.trace_id)
+        .enumerate()
+        .filter(|(i, s)| index.batches.contains(i) || &*s.name == "batch.links")
+        .filter_map(|(_, s)| s.destination.as_deref())
+        .map(str::to_owned)
         .collect();
     let mut requests: Vec<&SpanRecord> = set
         .spans
         .iter()
         .filter(|s| {
             s.kind == Kind::Producer
-                && !batch_traces.contains(&s.id.trace_id)
+                && !index.batch_traces.contains(&s.id.trace_id)
                 && s.destination
                     .as_deref()
                     .is_some_and(|d| request_destinations.contains(d))
@@ -358,104 +530,252 @@ pub fn rebuild(set: &SpanSet) -> Journeys {
     // A request may be in the input twice (the same file read twice, a retried export).
     requests.dedup_by_key(|s| s.id);
 
-    let journeys = requests
+    let context = Rebuild {
+        index: &index,
+        spans_dropped: dropped.any(),
+    };
+    let mut journeys: Vec<(u64, Journey)> = requests
         .into_iter()
-        .map(|request| rebuild_one(&index, request))
+        .map(|request| (request.start_ns, context.journey(request)))
         .collect();
+    journeys.extend(
+        unseen_requests(&index, &request_destinations)
+            .into_iter()
+            .map(|request| context.unseen_journey(request)),
+    );
+    journeys.sort_by_key(|(start, journey)| (*start, journey.request));
     Journeys {
-        journeys,
+        journeys: journeys.into_iter().map(|(_, journey)| journey).collect(),
         batches: index.batches.len(),
         spans: set.spans.len(),
+        request_destinations,
+        dropped: dropped.clone(),
     }
 }
 
-fn rebuild_one(index: &Index<'_>, request: &SpanRecord) -> Journey {
-    let destination = request
-        .destination
-        .as_deref()
-        .unwrap_or_default()
-        .to_owned();
-    let linking_batches: Vec<&SpanRecord> = index
-        .linked_by
-        .get(&request.id)
-        .into_iter()
-        .flatten()
-        .map(|&i| &index.spans[i])
-        .collect();
-    // The reply: a PRODUCER span below the request in its trace, to another destination; the
-    // first one that links to a batch (a redelivered request has several).
-    let mut replies: Vec<&SpanRecord> = index
-        .descendants(request.id)
-        .into_iter()
-        .filter(|s| s.kind == Kind::Producer && s.destination != request.destination)
-        .collect();
-    replies.sort_by_key(|s| (s.end_ns, s.id));
-    let reply_batch = |reply: &SpanRecord| -> Option<SpanRef> {
+/// Send spans that downstream spans name but that were not read: link targets of batch and
+/// `batch.links` spans and of dead-letter sends, and the parents of reply sends that link
+/// into a batch's trace.
+fn unseen_requests(index: &Index<'_>, request_destinations: &BTreeSet<String>) -> Vec<SpanRef> {
+    let outside_batches =
+        |id: &SpanRef| !index.by_id.contains_key(id) && !index.batch_traces.contains(&id.trace_id);
+    let mut unseen: BTreeSet<SpanRef> = BTreeSet::new();
+    unseen.extend(index.linked_by.keys().filter(|id| outside_batches(id)));
+    unseen.extend(
+        index
+            .linked_by_orphan_links
+            .keys()
+            .filter(|id| outside_batches(id)),
+    );
+    for span in index.spans {
+        if span.kind != Kind::Producer {
+            continue;
+        }
+        let under_batch = span.parent().is_some_and(|p| index.is_batch(&p));
+        if under_batch {
+            // a dead-letter send names the request it carries
+            unseen.extend(span.links.iter().filter(|id| outside_batches(id)));
+            continue;
+        }
+        let is_reply = !index.batch_traces.contains(&span.id.trace_id)
+            && span
+                .destination
+                .as_deref()
+                .is_some_and(|d| !request_destinations.contains(d))
+            && span
+                .links
+                .iter()
+                .any(|l| index.batch_traces.contains(&l.trace_id));
+        if let Some(parent) = span.parent().filter(|p| is_reply && outside_batches(p)) {
+            unseen.insert(parent);
+        }
+    }
+    unseen.into_iter().collect()
+}
+
+/// What one journey's rebuild looks at.
+struct Rebuild<'i, 's> {
+    index: &'i Index<'s>,
+    spans_dropped: bool,
+}
+
+/// A journey before its steps: what was found below the request.
+struct Found<'s> {
+    request: SpanRef,
+    destination: String,
+    linking_batches: Vec<&'s SpanRecord>,
+    reply: Option<&'s SpanRecord>,
+}
+
+impl<'s> Found<'s> {
+    fn journey(&self, outcome: Outcome, batch: Option<SpanRef>, deliveries: usize) -> Journey {
+        Journey {
+            request: self.request,
+            request_read: false,
+            destination: self.destination.clone(),
+            outcome,
+            batch,
+            deliveries,
+            steps: Vec::new(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// The batch the reply links to, if it is a batch span that was read.
+    fn reply_batch(&self, index: &Index<'s>) -> Option<SpanRef> {
+        let reply = self.reply?;
         reply.links.iter().copied().find(|l| index.is_batch(l))
-    };
-    let reply = replies
-        .iter()
-        .find(|r| reply_batch(r).is_some())
-        .or(replies.first())
-        .copied();
+    }
+}
 
-    let broken = |reason| Journey {
-        request: request.id,
-        destination: destination.clone(),
-        outcome: Outcome::Broken(reason),
-        batch: None,
-        deliveries: linking_batches.len(),
-        steps: Vec::new(),
-        phases: Vec::new(),
-    };
-
-    let Some(reply) = reply else {
-        // Dead-lettered: a send in a batch's trace linking to the request.
-        let dead_letter = index
-            .linkers
-            .get(&request.id)
+impl<'i, 's> Rebuild<'i, 's> {
+    fn find(&self, request: SpanRef, destination: Option<&str>) -> Found<'s> {
+        let index = self.index;
+        let linking_batches = index.linking_batches(request);
+        // The reply: a PRODUCER span below the request in its trace, to another destination;
+        // the first one that links to a batch (a redelivered request has several).
+        let mut replies: Vec<&SpanRecord> = index
+            .descendants(request)
             .into_iter()
-            .flatten()
-            .map(|&i| &index.spans[i])
-            .find(|s| s.kind == Kind::Producer && s.id.trace_id != request.id.trace_id);
-        if let Some(dead_letter) = dead_letter {
-            let batch = dead_letter.parent().filter(|p| index.is_batch(p));
-            return Journey {
-                request: request.id,
-                destination,
-                outcome: Outcome::DeadLettered,
-                batch,
-                deliveries: linking_batches.len().max(1),
-                steps: Vec::new(),
-                phases: Vec::new(),
-            };
+            .filter(|s| s.kind == Kind::Producer && s.destination.as_deref() != destination)
+            .collect();
+        replies.sort_by_key(|s| (s.end_ns, s.id));
+        let reply = replies
+            .iter()
+            .find(|r| r.links.iter().any(|l| index.is_batch(l)))
+            .or(replies.first())
+            .copied();
+        let destination = destination
+            .or_else(|| {
+                linking_batches
+                    .first()
+                    .and_then(|b| b.destination.as_deref())
+            })
+            .or_else(|| {
+                let link_span = index.linked_by_orphan_links.get(&request)?;
+                index.spans[*link_span].destination.as_deref()
+            })
+            .unwrap_or_default()
+            .to_owned();
+        Found {
+            request,
+            destination,
+            linking_batches,
+            reply,
         }
-        return broken(if linking_batches.is_empty() {
-            BrokenReason::ContextLost
+    }
+
+    /// The journey of a request whose send span was not read.
+    fn unseen_journey(&self, request: SpanRef) -> (u64, Journey) {
+        let index = self.index;
+        let found = self.find(request, None);
+        let batch = found
+            .reply_batch(index)
+            .filter(|id| found.linking_batches.iter().any(|b| b.id == *id))
+            .or_else(|| found.linking_batches.first().map(|b| b.id));
+        let dead_letter = index.dead_letter(request);
+        let outcome = if dead_letter.is_some() {
+            Outcome::DeadLettered
         } else {
-            BrokenReason::NoReply
-        });
-    };
+            Outcome::Incomplete(Gap::StartMissing)
+        };
+        let batch = batch.or_else(|| dead_letter?.parent().filter(|p| index.is_batch(p)));
+        let batch_destination = batch
+            .and_then(|b| index.get(b))
+            .and_then(|b| b.destination.as_deref());
+        let destination = match found.destination.as_str() {
+            "" => batch_destination.unwrap_or_default().to_owned(),
+            known => known.to_owned(),
+        };
+        // Sorted among the others by when its batch (or reply) started.
+        let seen_at = batch
+            .and_then(|b| index.get(b))
+            .or(found.reply)
+            .map_or(0, |s| s.start_ns);
+        let deliveries = found
+            .linking_batches
+            .len()
+            .max(usize::from(batch.is_some()));
+        let mut journey = found.journey(outcome, batch, deliveries);
+        journey.destination = destination;
+        (seen_at, journey)
+    }
 
-    // The batch: the one the reply links to, if it also links the request; else the first
-    // that links the request.
-    let batch = match reply_batch(reply) {
-        Some(id) if linking_batches.iter().any(|b| b.id == id) => index.get(id),
-        Some(_) if linking_batches.is_empty() => return broken(BrokenReason::MissingLink),
-        None if linking_batches.is_empty() => {
-            let claimed = !reply.links.is_empty();
-            return broken(if claimed {
-                BrokenReason::BatchNotExported
-            } else {
-                BrokenReason::ContextLost
-            });
+    /// The journey of a request whose send span was read.
+    fn journey(&self, request: &'s SpanRecord) -> Journey {
+        let index = self.index;
+        let found = self.find(request.id, request.destination.as_deref());
+        let deliveries = found.linking_batches.len();
+        let cut = |outcome: Outcome| {
+            let mut journey = found.journey(outcome, None, deliveries);
+            journey.request_read = true;
+            journey
+        };
+
+        let Some(reply) = found.reply else {
+            if let Some(dead_letter) = index.dead_letter(request.id) {
+                let batch = dead_letter.parent().filter(|p| index.is_batch(p));
+                let mut journey = found.journey(Outcome::DeadLettered, batch, deliveries.max(1));
+                journey.request_read = true;
+                return journey;
+            }
+            return cut(self.without_reply(request.id, &found));
+        };
+
+        // The batch: the one the reply links to, if it also links the request; else the first
+        // that links the request.
+        let linking = &found.linking_batches;
+        let batch = match found.reply_batch(index) {
+            Some(id) if linking.iter().any(|b| b.id == id) => index.get(id),
+            Some(id) if linking.is_empty() => {
+                let unlinked_batch = index.get(id);
+                return cut(
+                    if unlinked_batch.is_some_and(|b| index.link_spans_missing(b)) {
+                        Outcome::Incomplete(Gap::SpanMissing)
+                    } else {
+                        Outcome::Broken(BrokenReason::MissingLink)
+                    },
+                );
+            }
+            None if linking.is_empty() => {
+                return cut(if reply.links.is_empty() {
+                    Outcome::Broken(BrokenReason::MissingLink)
+                } else {
+                    Outcome::Incomplete(Gap::BatchNotExported)
+                });
+            }
+            _ => linking.first().copied(),
+        };
+        let Some(batch) = batch else {
+            return cut(Outcome::Incomplete(Gap::BatchNotExported));
+        };
+        complete_journey(index, request, &found, reply, batch)
+    }
+
+    /// The outcome of a request with no reply and no dead letter in its trace.
+    fn without_reply(&self, request: SpanRef, found: &Found<'_>) -> Outcome {
+        let taken = !found.linking_batches.is_empty()
+            || self.index.linked_by_orphan_links.contains_key(&request);
+        if self.index.went_on_past_a_missing_span(request) {
+            Outcome::Incomplete(Gap::SpanMissing)
+        } else if self.spans_dropped {
+            Outcome::Incomplete(Gap::TelemetryDropped)
+        } else if taken {
+            Outcome::Broken(BrokenReason::NoReply)
+        } else {
+            Outcome::Broken(BrokenReason::ContextLost)
         }
-        _ => linking_batches.first().copied(),
-    };
-    let Some(batch) = batch else {
-        return broken(BrokenReason::BatchNotExported);
-    };
+    }
+}
 
+/// A journey from send to reply: its steps and the model's phases.
+fn complete_journey(
+    index: &Index<'_>,
+    request: &SpanRecord,
+    found: &Found<'_>,
+    reply: &SpanRecord,
+    batch: &SpanRecord,
+) -> Journey {
     let reply_consumer = index
         .children(reply.id)
         .filter(|c| c.kind == Kind::Consumer)
@@ -518,10 +838,11 @@ fn rebuild_one(index: &Index<'_>, request: &SpanRecord) -> Journey {
 
     Journey {
         request: request.id,
-        destination,
+        request_read: true,
+        destination: found.destination.clone(),
         outcome: Outcome::Complete,
         batch: Some(batch.id),
-        deliveries: linking_batches.len(),
+        deliveries: found.linking_batches.len(),
         steps: timeline.steps,
         phases,
     }
@@ -591,6 +912,7 @@ mod tests {
             destination: None,
             batch_message_count: None,
             batch_formation_ms: None,
+            batch_link_spans: None,
             device_ms: None,
             links: Vec::new(),
             error: false,
@@ -701,6 +1023,7 @@ mod tests {
         lost[1].links.clear();
         lost[7].id.trace_id = 5;
         lost[7].parent_span_id = 0;
+        lost[8].id.trace_id = 5; // the caller's process follows the reply into its new trace
         assert_eq!(
             journeys(lost).journeys[0].outcome,
             Outcome::Broken(BrokenReason::ContextLost)
@@ -726,7 +1049,7 @@ mod tests {
         missing[7].links[0].span_id = 0xdead;
         assert_eq!(
             journeys(missing).journeys[0].outcome,
-            Outcome::Broken(BrokenReason::BatchNotExported)
+            Outcome::Incomplete(Gap::BatchNotExported)
         );
     }
 
@@ -774,5 +1097,185 @@ mod tests {
             Some(r(9, 90)),
             "the batch the reply links to"
         );
+    }
+    fn dropped() -> DroppedSpans {
+        DroppedSpans {
+            by_reason: [("queue_full".to_owned(), 3)].into(),
+        }
+    }
+
+    fn outcomes(spans: Vec<SpanRecord>, dropped: &DroppedSpans) -> Vec<(SpanRef, bool, Outcome)> {
+        let mut set = SpanSet::new();
+        set.spans = spans;
+        rebuild_with(&set, dropped)
+            .journeys
+            .into_iter()
+            .map(|j| (j.request, j.request_read, j.outcome))
+            .collect()
+    }
+
+    fn without(mut spans: Vec<SpanRecord>, ids: &[u64]) -> Vec<SpanRecord> {
+        spans.retain(|s| !ids.contains(&s.id.span_id));
+        spans
+    }
+
+    #[test]
+    fn a_dropped_reply_send_under_the_callers_process_is_a_missing_span() {
+        // the reply send (11) was dropped; the caller's process (12) hangs under it, in the
+        // request's trace: the context went on, whatever the counters say
+        for dropped in [DroppedSpans::default(), dropped()] {
+            let spans = without(scenario(), &[11]);
+            assert_eq!(
+                outcomes(spans, &dropped),
+                [(r(1, 10), true, Outcome::Incomplete(Gap::SpanMissing))]
+            );
+            // also when the batch span that took it was dropped (another batch shows where
+            // requests go)
+            let mut spans = without(scenario(), &[11, 90]);
+            let mut other = to(
+                span(8, 80, 0, "process requests", Kind::Consumer, 10, 19),
+                "requests",
+            );
+            other.batch_message_count = Some(1);
+            spans.push(other);
+            assert_eq!(
+                outcomes(spans, &dropped)[0].2,
+                Outcome::Incomplete(Gap::SpanMissing)
+            );
+        }
+    }
+
+    #[test]
+    fn the_request_and_its_missing_ancestors_are_no_evidence() {
+        // the caller's root above the send was dropped: the send itself is an orphan, which
+        // says nothing about what came after it
+        let mut spans = without(scenario(), &[11, 12]);
+        spans[0].parent_span_id = 0x77;
+        spans[1].links.clear();
+        assert_eq!(
+            outcomes(spans.clone(), &DroppedSpans::default())[0].2,
+            Outcome::Broken(BrokenReason::ContextLost)
+        );
+        assert_eq!(
+            outcomes(spans, &dropped())[0].2,
+            Outcome::Incomplete(Gap::TelemetryDropped)
+        );
+    }
+
+    #[test]
+    fn with_spans_dropped_an_absent_reply_or_batch_is_no_break() {
+        // batch links the request, no reply and nothing below the request
+        let no_reply = without(scenario(), &[11, 12]);
+        assert_eq!(
+            outcomes(no_reply.clone(), &DroppedSpans::default())[0].2,
+            Outcome::Broken(BrokenReason::NoReply)
+        );
+        assert_eq!(
+            outcomes(no_reply, &dropped())[0].2,
+            Outcome::Incomplete(Gap::TelemetryDropped)
+        );
+        // nothing links the request and nothing is below it
+        let mut nothing = without(scenario(), &[11, 12]);
+        nothing[1].links.clear();
+        assert_eq!(
+            outcomes(nothing.clone(), &DroppedSpans::default())[0].2,
+            Outcome::Broken(BrokenReason::ContextLost)
+        );
+        assert_eq!(
+            outcomes(nothing, &dropped())[0].2,
+            Outcome::Incomplete(Gap::TelemetryDropped)
+        );
+    }
+
+    #[test]
+    fn a_dropped_batch_links_child_is_a_missing_span_not_a_missing_link() {
+        // the batch says it had one batch.links child, which held the request's link and
+        // was not read; the reply links the batch
+        let mut spans = scenario();
+        spans[1].links.clear();
+        spans[1].batch_link_spans = Some(1);
+        assert_eq!(
+            outcomes(spans.clone(), &DroppedSpans::default())[0].2,
+            Outcome::Incomplete(Gap::SpanMissing)
+        );
+        // with the child read (holding other links), the request's link is really missing
+        let mut overflow = span(9, 97, 90, "batch.links", Kind::Internal, 20, 20);
+        overflow.links.push(r(2, 20));
+        spans.push(overflow);
+        assert_eq!(
+            outcomes(spans, &dropped())[0].2,
+            Outcome::Broken(BrokenReason::MissingLink)
+        );
+    }
+
+    #[test]
+    fn a_reply_in_the_requests_trace_that_links_nothing_is_a_missing_link() {
+        let mut spans = scenario();
+        spans[1].links.clear();
+        spans[7].links.clear();
+        assert_eq!(
+            outcomes(spans, &dropped())[0].2,
+            Outcome::Broken(BrokenReason::MissingLink)
+        );
+    }
+
+    #[test]
+    fn a_request_whose_send_was_dropped_is_counted_from_downstream() {
+        // seen through the batch's link and the reply's parent: one journey, not two
+        let rebuilt = journeys(without(scenario(), &[10]));
+        assert_eq!(rebuilt.journeys.len(), 1);
+        let journey = &rebuilt.journeys[0];
+        assert_eq!(journey.request, r(1, 10));
+        assert!(!journey.request_read);
+        assert_eq!(journey.outcome, Outcome::Incomplete(Gap::StartMissing));
+        assert_eq!(journey.batch, Some(r(9, 90)));
+        assert_eq!(journey.destination, "requests");
+        // only through the batch's link
+        assert_eq!(
+            outcomes(without(scenario(), &[10, 11, 12]), &dropped()),
+            [(r(1, 10), false, Outcome::Incomplete(Gap::StartMissing))]
+        );
+        // only through the reply, which links the batch (the batch's link dropped with a
+        // batch.links child)
+        let mut spans = without(scenario(), &[10]);
+        spans[0].links.clear();
+        assert_eq!(
+            outcomes(spans, &dropped()),
+            [(r(1, 10), false, Outcome::Incomplete(Gap::StartMissing))]
+        );
+        // through a batch.links span whose batch span was dropped too
+        let mut overflow = span(9, 97, 90, "batch.links", Kind::Internal, 20, 20);
+        overflow.links.push(r(1, 10));
+        let mut spans = without(scenario(), &[10, 11, 12, 90]);
+        spans.push(to(overflow, "requests"));
+        let rebuilt = journeys(spans);
+        assert_eq!(rebuilt.journeys.len(), 1);
+        assert_eq!(rebuilt.journeys[0].destination, "requests");
+    }
+
+    #[test]
+    fn a_dead_lettered_request_whose_send_was_dropped_is_still_dead_lettered() {
+        let mut spans = without(scenario(), &[10, 11, 12]);
+        spans[0].links.clear();
+        let mut dead_letter = to(
+            span(9, 96, 90, "send requests.dlq", Kind::Producer, 37, 38),
+            "requests.dlq",
+        );
+        dead_letter.links.push(r(1, 10));
+        spans.push(dead_letter);
+        assert_eq!(
+            outcomes(spans, &dropped()),
+            [(r(1, 10), false, Outcome::DeadLettered)]
+        );
+    }
+
+    #[test]
+    fn a_reply_consumer_is_no_request_and_a_batch_trace_holds_none() {
+        // the caller's process links the reply's context: that link names no request
+        let mut spans = scenario();
+        spans[8].links.push(r(1, 11));
+        let rebuilt = journeys(spans);
+        assert_eq!(rebuilt.journeys.len(), 1);
+        assert_eq!(rebuilt.journeys[0].outcome, Outcome::Complete);
     }
 }
