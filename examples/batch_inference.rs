@@ -29,7 +29,7 @@ use futures::StreamExt;
 use mqtrace::amqp::lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use mqtrace::amqp::lapin::types::FieldTable;
 use mqtrace::amqp::lapin::{Connection, ConnectionProperties};
-use mqtrace::core::batch::MessageSink;
+use mqtrace::core::batch::{MessageSink, MessageSource};
 use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
@@ -40,12 +40,13 @@ use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfi
 use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
-use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
+use mqtrace_testkit::kafka::{KafkaFixture, NamedTopic, unique_name};
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use tokio::task::JoinHandle;
 
 const REQUESTS: &str = "inference-requests";
 const REPLIES: &str = "inference-replies";
@@ -151,17 +152,32 @@ fn build_model(device: DeviceChoice, hidden: &[usize]) -> anyhow::Result<Box<dyn
     }
 }
 
+/// Request `i` of run `run`: `r-{run}-{i}`. Each run has its own tag, so a caller never
+/// mistakes a reply left on the topic by an earlier run against the same broker for its own.
+fn request_id(run: &str, i: usize) -> String {
+    format!("r-{run}-{i}")
+}
+
+/// Whether `id` is a request id of run `run` (its requests, or its warm-up).
+fn of_run(id: &str, run: &str) -> bool {
+    id.strip_prefix("r-")
+        .or_else(|| id.strip_prefix("warmup-"))
+        .and_then(|rest| rest.strip_prefix(run))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
 /// A syntactically broken, or schema-breaking, request now and then.
-fn request_body(i: usize, bad: bool) -> String {
+fn request_body(run: &str, i: usize, bad: bool) -> String {
+    let id = request_id(run, i);
     if bad {
         return match i % 3 {
-            0 => format!("{{\"request_id\":\"r-{i}\",\"amount\":12.0"),
+            0 => format!("{{\"request_id\":\"{id}\",\"amount\":12.0"),
             1 => format!(
-                "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\"}}",
+                "{{\"request_id\":\"{id}\",\"user_id\":\"user-{}\"}}",
                 i % USERS
             ),
             _ => format!(
-                "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":\"lots\"}}",
+                "{{\"request_id\":\"{id}\",\"user_id\":\"user-{}\",\"amount\":\"lots\"}}",
                 i % USERS
             ),
         };
@@ -171,7 +187,7 @@ fn request_body(i: usize, bad: bool) -> String {
     const COUNTRIES: [&str; 5] = ["DE", "FR", "GB", "US", "NL"];
     let amount = (i.wrapping_mul(7919) % 10_000) as f64 * 0.73 + 1.0;
     format!(
-        "{{\"request_id\":\"r-{i}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
+        "{{\"request_id\":\"{id}\",\"user_id\":\"user-{}\",\"amount\":{amount:.2},\"merchant_category\":\"{}\",\"country\":\"{}\",\"hour\":{},\"card_present\":{}}}",
         i.wrapping_mul(31) % USERS,
         categories[i % categories.len()],
         COUNTRIES[(i / 3) % COUNTRIES.len()],
@@ -183,14 +199,90 @@ fn request_body(i: usize, bad: bool) -> String {
 /// Replies as the caller sees them: request id -> when the reply arrived.
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
-fn record_reply(arrivals: &Arrivals, payload: &[u8]) {
+/// Records a reply to a request of run `run`; replies to other runs' requests are ignored.
+fn record_reply(arrivals: &Arrivals, payload: &[u8], run: &str) {
     let Ok(reply) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return;
     };
-    if let Some(id) = reply.get("request_id").and_then(|v| v.as_str()) {
+    if let Some(id) = reply
+        .get("request_id")
+        .and_then(|v| v.as_str())
+        .filter(|id| of_run(id, run))
+    {
         if let Ok(mut arrivals) = arrivals.lock() {
             arrivals.entry(id.to_owned()).or_insert_with(Instant::now);
         }
+    }
+}
+
+/// Says so when an existing topic has fewer partitions than the run asked for: it is used
+/// as it is (more partitions would move keys to other partitions; that is the operator's
+/// call), so some workers of the group may get no partition.
+fn warn_if_fewer(name: &str, topic: NamedTopic, asked: i32) {
+    if topic.partitions < asked {
+        eprintln!(
+            "warning: topic {name} exists with {} partitions, fewer than the {asked} asked for; \
+             using it as it is (at most {} workers of a group get requests; delete the topic, \
+             or add partitions with your Kafka tools, to change that)",
+            topic.partitions, topic.partitions
+        );
+    }
+}
+
+/// What a worker-only process (`--bootstrap` without `--generate`) can say about its run:
+/// it sends no requests, so it knows no end-to-end throughput or latency.
+struct WorkerOnly {
+    handled: u64,
+    busy_s: f64,
+    up_s: f64,
+    batches: u64,
+}
+
+impl WorkerOnly {
+    /// `None` when the process generated the load itself (it reports end-to-end figures).
+    fn new(generate: bool, handled: u64, batches: u64, busy_s: f64, up: Duration) -> Option<Self> {
+        (!generate).then_some(Self {
+            handled,
+            busy_s,
+            up_s: up.as_secs_f64(),
+            batches,
+        })
+    }
+
+    /// Requests handled per second of batch processing (summed over the workers).
+    fn handled_per_busy_s(&self) -> Option<f64> {
+        (self.busy_s > 0.0).then(|| self.handled as f64 / self.busy_s)
+    }
+
+    /// Mean time from a batch's start to its settle, in ms.
+    fn mean_batch_ms(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.busy_s / self.batches as f64 * 1e3)
+    }
+
+    fn print(&self) {
+        match self.handled_per_busy_s() {
+            Some(rate) => println!(
+                "  handled while busy  {rate:>10.0} req/s  (busy {:.1} s of {:.1} s up)",
+                self.busy_s, self.up_s
+            ),
+            None => println!(
+                "  handled while busy           -  (no batch in {:.1} s up)",
+                self.up_s
+            ),
+        }
+        if let Some(ms) = self.mean_batch_ms() {
+            println!("  mean batch time     {ms:>10.1} ms (start to settle)");
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "handled": self.handled,
+            "handled_per_busy_s": self.handled_per_busy_s(),
+            "busy_seconds": self.busy_s,
+            "up_seconds": self.up_s,
+            "mean_batch_ms": self.mean_batch_ms(),
+        })
     }
 }
 
@@ -228,8 +320,43 @@ async fn run_with_store<K: MessageSink, F: FeatureStore>(
     config: WorkerConfig,
     shutdown: Shutdown,
 ) -> anyhow::Result<WorkerStats> {
+    let name = MessageSource::client_id(&consumer)
+        .unwrap_or("worker")
+        .to_owned();
     let mut worker = Worker::new(consumer, sink, store, model, config);
-    Ok(worker.run(&shutdown).await?)
+    worker
+        .run(&shutdown)
+        .await
+        .with_context(|| format!("worker {name} stopped"))
+}
+
+/// Whether a worker task has ended: before shutdown, only a worker that failed does.
+fn a_worker_ended(workers: &[JoinHandle<anyhow::Result<WorkerStats>>]) -> bool {
+    workers.iter().any(JoinHandle::is_finished)
+}
+
+/// Resolves once a worker task has ended.
+async fn worker_ended(workers: &[JoinHandle<anyhow::Result<WorkerStats>>]) {
+    while !a_worker_ended(workers) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a worker ended on its own: stops the others and gives the error it ended with, for
+/// `main` to return at once (non-zero exit, the error on stderr).
+async fn stopped_worker(
+    shutdown: &Shutdown,
+    workers: Vec<JoinHandle<anyhow::Result<WorkerStats>>>,
+) -> anyhow::Error {
+    shutdown.trigger();
+    for worker in workers {
+        match worker.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return error,
+            Err(join) => return anyhow::Error::new(join).context("a worker panicked"),
+        }
+    }
+    anyhow::anyhow!("a worker stopped before the run was over, without an error")
 }
 
 /// Forgets replies older than `window`, and sends older than twice that (a dead-lettered
@@ -315,9 +442,14 @@ async fn main() -> anyhow::Result<()> {
     let partitions = i32::try_from(args.workers.max(1) * 2)
         .unwrap_or(i32::MAX)
         .max(4);
-    kafka.create_named_topic(REQUESTS, partitions).await?;
-    kafka.create_named_topic(REPLIES, 4).await?;
+    let topic = kafka.create_named_topic(REQUESTS, partitions).await?;
+    warn_if_fewer(REQUESTS, topic, partitions);
+    let partitions = topic.partitions;
+    warn_if_fewer(REPLIES, kafka.create_named_topic(REPLIES, 4).await?, 4);
     kafka.create_named_topic(DEAD_LETTERS, 1).await?;
+    // This run's tag, in every request id: replies to an earlier run's requests, still on
+    // the replies topic of a broker used before, are not counted as this run's.
+    let run: Arc<str> = RandomIdGenerator::default().new_span_id().to_string()[..8].into();
     eprintln!(
         "kafka {}: {REQUESTS} ({partitions} partitions) -> {} worker(s) -> {}",
         kafka.bootstrap_servers(),
@@ -369,12 +501,13 @@ async fn main() -> anyhow::Result<()> {
             let mut consumer = mqtrace::amqp::TracedConsumer::new(consumer)
                 .with_server_from_url(args.amqp_url.as_deref().unwrap_or_default());
             let arrivals = Arc::clone(&arrivals);
+            let run = Arc::clone(&run);
             tokio::spawn(async move {
                 while let Some(delivery) = consumer.next().await {
                     let delivery = delivery?;
                     consumer
                         .process(&delivery, async {
-                            record_reply(&arrivals, &delivery.data);
+                            record_reply(&arrivals, &delivery.data, &run);
                             Ok::<_, std::convert::Infallible>(())
                         })
                         .await?;
@@ -387,12 +520,13 @@ async fn main() -> anyhow::Result<()> {
                 TracedConsumer::from_config(&kafka.consumer_config(&unique_name("caller")))?;
             consumer.subscribe(&[REPLIES])?;
             let arrivals = Arc::clone(&arrivals);
+            let run = Arc::clone(&run);
             tokio::spawn(async move {
                 loop {
                     let message = consumer.recv().await?;
                     consumer
                         .process(&message, async {
-                            record_reply(&arrivals, message.payload().unwrap_or_default());
+                            record_reply(&arrivals, message.payload().unwrap_or_default(), &run);
                             Ok::<_, std::convert::Infallible>(())
                         })
                         .await?;
@@ -476,8 +610,10 @@ async fn main() -> anyhow::Result<()> {
         // seconds on any Kafka), so the timed run measures the service, not the join. It is
         // sent in an unsampled trace, so it leaves no journey of its own behind.
         let producer = TracedProducer::from_config(&kafka.producer_config())?;
-        let body = request_body(usize::MAX / 2, false)
-            .replace("\"request_id\":\"r-", "\"request_id\":\"warmup-");
+        let body = request_body(&run, usize::MAX / 2, false).replace(
+            &format!("\"request_id\":\"{}\"", request_id(&run, usize::MAX / 2)),
+            &format!("\"request_id\":\"warmup-{run}\""),
+        );
         let ids = RandomIdGenerator::default();
         let unsampled = Context::new().with_remote_span_context(SpanContext::new(
             ids.new_trace_id(),
@@ -495,6 +631,9 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let joined = Instant::now();
         while arrivals.lock().map(|a| a.is_empty()).unwrap_or(true) {
+            if a_worker_ended(&workers) {
+                return Err(stopped_worker(&shutdown, workers).await);
+            }
             if joined.elapsed() > Duration::from_secs(60) {
                 bail!("the warm-up request was not answered within 60 s: is Kafka reachable?");
             }
@@ -513,6 +652,7 @@ async fn main() -> anyhow::Result<()> {
     if generate {
         let producer = Arc::new(TracedProducer::from_config(&kafka.producer_config())?);
         let sent_at = Arc::clone(&sent_at);
+        let run = Arc::clone(&run);
         let messages = if continuous {
             usize::MAX
         } else {
@@ -538,6 +678,7 @@ async fn main() -> anyhow::Result<()> {
                     let producer = Arc::clone(&producer);
                     let sent_at = Arc::clone(&sent_at);
                     let tracer = Arc::clone(&tracer);
+                    let run = Arc::clone(&run);
                     async move {
                         let span = tracer
                             .span_builder("inference.request")
@@ -546,10 +687,10 @@ async fn main() -> anyhow::Result<()> {
                             .start(tracer.as_ref());
                         let cx = Context::current_with_span(span);
                         let bad = bad_every > 0 && i % bad_every == 0;
-                        let body = request_body(i, bad);
+                        let body = request_body(&run, i, bad);
                         let key = format!("user-{}", (i * 31) % USERS);
                         if let Ok(mut sent) = sent_at.lock() {
-                            sent.insert(format!("r-{i}"), Instant::now());
+                            sent.insert(request_id(&run, i), Instant::now());
                         }
                         let result = producer
                             .send_with_context(
@@ -580,6 +721,12 @@ async fn main() -> anyhow::Result<()> {
     let mut stop = std::pin::pin!(stop_requested());
     let mut forgotten = 0;
     loop {
+        if a_worker_ended(&workers) {
+            if tty {
+                eprintln!();
+            }
+            return Err(stopped_worker(&shutdown, workers).await);
+        }
         if continuous {
             forgotten += forget_older_than(LATENCY_WINDOW, &sent_at, &arrivals);
         }
@@ -614,8 +761,13 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if !generate {
-            stop.as_mut().await?;
-            break;
+            tokio::select! {
+                result = stop.as_mut() => {
+                    result?;
+                    break;
+                }
+                () = worker_ended(&workers) => continue,
+            }
         }
         if continuous {
             tokio::select! {
@@ -646,6 +798,7 @@ async fn main() -> anyhow::Result<()> {
     let mut batches = 0_u64;
     let (mut messages, mut replies, mut dead_lettered, mut model_s, mut busy_s) =
         (0, 0, 0, 0.0, 0.0);
+    let (mut truncated, mut skipped) = (0, 0);
     let warmup = u64::from(generate);
     for worker in workers {
         let stats = worker.await.context("worker panicked")??;
@@ -653,6 +806,8 @@ async fn main() -> anyhow::Result<()> {
         messages += stats.messages;
         replies += stats.replies;
         dead_lettered += stats.dead_lettered;
+        truncated += stats.dead_letters_truncated;
+        skipped += stats.dead_letters_skipped;
         model_s += stats.model_seconds;
         busy_s += stats.busy_seconds;
     }
@@ -712,17 +867,31 @@ async fn main() -> anyhow::Result<()> {
             0.0
         }
     );
-    println!("  throughput          {:>10.0} req/s", throughput);
-    let window = if continuous {
-        format!(" (last {} s)", LATENCY_WINDOW.as_secs())
-    } else {
-        String::new()
-    };
-    println!("  latency p50         {:>10.1} ms{window}", p50);
-    println!("  latency p95         {:>10.1} ms{window}", p95);
-    println!("  latency p99         {:>10.1} ms{window}", p99);
+    // A worker-only process sends no requests, so it has no end-to-end figures: it tells
+    // what it handled, and how fast while it had work.
+    let worker_only = WorkerOnly::new(generate, messages, batches, busy_s, elapsed);
+    match &worker_only {
+        Some(w) => w.print(),
+        None => {
+            println!("  throughput          {:>10.0} req/s", throughput);
+            let window = if continuous {
+                format!(" (last {} s)", LATENCY_WINDOW.as_secs())
+            } else {
+                String::new()
+            };
+            println!("  latency p50         {:>10.1} ms{window}", p50);
+            println!("  latency p95         {:>10.1} ms{window}", p95);
+            println!("  latency p99         {:>10.1} ms{window}", p99);
+        }
+    }
     println!("  model share of work {:>10.1} %", model_share * 100.0);
     println!("  dead-lettered       {:>10}", dead_lettered);
+    if truncated + skipped > 0 {
+        println!(
+            "    of which truncated{truncated:>10}   (too large for the dead-letter topic: headers only)"
+        );
+        println!("  skipped, no letter  {skipped:>10}   (see the error log for where they are)");
+    }
     println!("  device              {device_name}");
     println!("  telemetry           {telemetry_line}");
     if destination != Destination::Disabled {
@@ -754,7 +923,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if let Some(path) = &args.summary_json {
-        let summary = serde_json::json!({
+        let mut summary = serde_json::json!({
             "requests": if generate && !continuous { args.messages as u64 } else { messages },
             "replies": replies,
             "batches": batches,
@@ -766,6 +935,13 @@ async fn main() -> anyhow::Result<()> {
             "device": device_name,
             "telemetry": telemetry_stats.to_json(),
         });
+        summary["dead_letters_truncated"] = truncated.into();
+        summary["dead_letters_skipped"] = skipped.into();
+        if let (Some(w), Some(fields)) = (&worker_only, summary.as_object_mut()) {
+            fields.remove("throughput_per_s");
+            fields.remove("latency_ms");
+            fields.insert("worker".into(), w.to_json());
+        }
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("  summary             {}", path.display());

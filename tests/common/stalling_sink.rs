@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mqtrace::core::batch::{MessageSink, Outgoing};
+use mqtrace::core::batch::{MessageSink, Outgoing, SendFailure};
 use opentelemetry::Context;
 use opentelemetry::trace::Link;
 
@@ -26,6 +26,10 @@ impl<S> StallingSink<S> {
 
 impl<S: MessageSink> MessageSink for StallingSink<S> {
     type Error = S::Error;
+
+    fn classify(&self, error: &Self::Error) -> SendFailure {
+        self.inner.classify(error)
+    }
 
     async fn send(
         &self,

@@ -9,7 +9,7 @@ use futures::future::try_join_all;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, ByteArray, FieldTable};
-use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing};
+use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing, SendFailure};
 use mqtrace_core::propagation::Extracted;
 use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue};
@@ -99,6 +99,16 @@ impl MessageSource for TracedConsumer {
 
 impl MessageSink for TracedPublisher {
     type Error = Error;
+
+    /// [`SendFailure::Rejected`] when [`Error::is_rejected`] (unroutable, or refused with
+    /// `PRECONDITION_FAILED`); anything else may succeed on a later attempt.
+    fn classify(&self, error: &Error) -> SendFailure {
+        if error.is_rejected() {
+            SendFailure::Rejected
+        } else {
+            SendFailure::Transient
+        }
+    }
 
     /// Publishes to queue `message.destination` through the default exchange; headers are
     /// written as byte arrays, the message id as the `message_id` property. Resolves at the

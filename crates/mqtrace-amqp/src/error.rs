@@ -90,6 +90,25 @@ impl Error {
         }
     }
 
+    /// Whether the broker refused this message for good: it came back unroutable
+    /// ([`Error::Returned`]: no queue is bound for it), or the broker closed the channel
+    /// with `PRECONDITION_FAILED` over it (a message larger than `max_message_size`, for
+    /// one). Publishing the same message again would fail the same way.
+    pub fn is_rejected(&self) -> bool {
+        match self {
+            Error::Returned { .. } => true,
+            Error::Publish { source, .. } => matches!(
+                source.kind(),
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if *amqp.kind()
+                        == lapin::protocol::AMQPErrorKind::Soft(
+                            lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+                        )
+            ),
+            _ => false,
+        }
+    }
+
     /// Takes the message of a publish the broker did not confirm, to give to
     /// [`TracedPublisher::republish`](crate::TracedPublisher::republish); any other error is
     /// given back unchanged.

@@ -179,10 +179,35 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+/// What a failed send means for sending the same message again.
+///
+/// A batch worker retries a [`SendFailure::Transient`] failure with backoff, and stops
+/// retrying at once on [`SendFailure::Rejected`]: a dead letter the broker rejects as too
+/// large, for one, is sent again in a truncated form instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendFailure {
+    /// The broker may take the message later (it is down, slow, or its queue is full):
+    /// sending it again can succeed.
+    Transient,
+    /// The broker refuses this message for good (too large, invalid, not authorized, no such
+    /// destination): sending it again fails the same way.
+    Rejected,
+}
+
 /// Sends messages with a traced `send` span per message.
 pub trait MessageSink: Send + Sync {
     /// What sending can fail with.
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Whether sending a message again after `error` could succeed. The default treats every
+    /// failure as [`SendFailure::Transient`] (retried, with a bounded number of attempts);
+    /// sinks that can tell a message the broker refuses for good say
+    /// [`SendFailure::Rejected`]. Wrappers should forward to the sink they wrap.
+    fn classify(&self, error: &Self::Error) -> SendFailure {
+        let _ = error;
+        SendFailure::Transient
+    }
 
     /// Sends `message` as a child of `parent`; its send span also links to `links`. Resolves
     /// once the broker confirmed the message (delivery report, publisher confirm).

@@ -8,8 +8,10 @@
 //! - [`Worker`] runs each batch inside one CONSUMER `process` span linked to every request
 //!   (links beyond the span limit go onto child spans), with `features.fetch`,
 //!   `features.preprocess`, `model.execute` and `postprocess` stages, replies to each request
-//!   in the request's own trace (linked back to the batch), dead-letters malformed requests,
-//!   and settles (commits, acks) only after every reply was confirmed: at-least-once;
+//!   in the request's own trace (linked back to the batch), dead-letters malformed and
+//!   oversized requests (truncated, or skipped and counted, when even the dead letter cannot
+//!   be sent: never a poison pill), and settles (commits, acks) only after every reply was
+//!   confirmed: at-least-once;
 //! - [`model::Model`] with [`model::InstrumentedModel`]: a `model.execute` span whose children
 //!   are the phases the device really went through; [`cpu::CpuModel`] runs the fraud-scoring
 //!   [`mlp::Mlp`] on the CPU, and `cuda::CudaModel` (feature `cuda`) runs it on a GPU with
@@ -37,6 +39,8 @@ mod worker;
 pub use collector::{BatchCollector, BatchConfig, Shutdown};
 pub use mqtrace_core::batch::LinkAttributes;
 pub use worker::{
-    DLQ_ERROR_HEADER, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, INPUT_WIDTH,
-    MQTRACE_BATCH_FORMATION_MS, Worker, WorkerConfig, WorkerError, WorkerStats,
+    DEFAULT_MAX_REQUEST_BYTES, DLQ_ERROR_HEADER, DLQ_PAYLOAD_SIZE_HEADER, DLQ_REASON_HEADER,
+    DLQ_SOURCE_HEADER, DLQ_SOURCE_MESSAGE_ID_HEADER, DLQ_SOURCE_OFFSET_HEADER,
+    DLQ_SOURCE_PARTITION_HEADER, DLQ_TRUNCATED_HEADER, INPUT_WIDTH, MQTRACE_BATCH_FORMATION_MS,
+    Worker, WorkerConfig, WorkerError, WorkerStats,
 };

@@ -6,6 +6,8 @@
 //! | `mqtrace.worker.queue.wait` | histogram | `s` | `messaging.destination.name` |
 //! | `mqtrace.worker.messages.in_flight` | up-down counter | `{message}` | |
 //! | `mqtrace.worker.dead_lettered` | counter | `{message}` | `mqtrace.dead_letter.reason` |
+//! | `mqtrace.worker.dead_letter.truncated` | counter | `{message}` | `mqtrace.dead_letter.reason`, `error.type` |
+//! | `mqtrace.worker.dead_letter.skipped` | counter | `{message}` | `mqtrace.dead_letter.reason`, `error.type` |
 //! | `mqtrace.inference.duration` | histogram | `s` | `ml.model.name`, `ml.device.type` |
 //! | `mqtrace.inference.decisions` | counter | `{request}` | `ml.decision` |
 //! | `mqtrace.inference.feature.missing` | counter | `{value}` | `ml.feature.name` |
@@ -14,7 +16,10 @@
 //! | `hw.gpu.memory.limit` | gauge | `By` | `hw.id`, `ml.device.name` |
 //!
 //! Feature names come from the request schema's fixed set, so the data-quality counters stay
-//! low-cardinality.
+//! low-cardinality. On the dead-letter fallback counters, `error.type` says why the letter
+//! before could not be sent: [`DEAD_LETTER_REJECTED`] or [`DEAD_LETTER_RETRIES_EXHAUSTED`].
+//! `mqtrace.worker.dead_lettered` counts truncated dead letters too; a skipped message is in
+//! no dead-letter destination at all.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
@@ -27,6 +32,11 @@ pub const ML_FEATURE_NAME: &str = "ml.feature.name";
 pub const ML_DECISION: &str = "ml.decision";
 /// Why a request was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "mqtrace.dead_letter.reason";
+/// `error.type` of a dead letter the destination refused for good (too large, invalid, not
+/// authorized).
+pub const DEAD_LETTER_REJECTED: &str = "rejected";
+/// `error.type` of a dead letter that still failed after every retry (destination down).
+pub const DEAD_LETTER_RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
 const BATCH_SIZE_BUCKETS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -43,6 +53,8 @@ pub struct WorkerMetrics {
     queue_wait: Histogram<f64>,
     in_flight: UpDownCounter<i64>,
     dead_lettered: Counter<u64>,
+    dead_letter_truncated: Counter<u64>,
+    dead_letter_skipped: Counter<u64>,
     inference_duration: Histogram<f64>,
     decisions: Counter<u64>,
     feature_missing: Counter<u64>,
@@ -78,6 +90,20 @@ impl WorkerMetrics {
                 .u64_counter("mqtrace.worker.dead_lettered")
                 .with_unit("{message}")
                 .with_description("Requests sent to the dead-letter destination.")
+                .build(),
+            dead_letter_truncated: meter
+                .u64_counter("mqtrace.worker.dead_letter.truncated")
+                .with_unit("{message}")
+                .with_description(
+                    "Dead letters sent without their payload because the whole one could not be sent.",
+                )
+                .build(),
+            dead_letter_skipped: meter
+                .u64_counter("mqtrace.worker.dead_letter.skipped")
+                .with_unit("{message}")
+                .with_description(
+                    "Requests that could not be dead-lettered, not even truncated, and were skipped.",
+                )
                 .build(),
             inference_duration: meter
                 .f64_histogram("mqtrace.inference.duration")
@@ -148,6 +174,30 @@ impl WorkerMetrics {
     pub fn record_dead_lettered(&self, reason: &'static str) {
         self.dead_lettered
             .add(1, &[KeyValue::new(DEAD_LETTER_REASON, reason)]);
+    }
+
+    /// A request was dead-lettered without its payload, the whole letter having failed with
+    /// `error_type` ([`DEAD_LETTER_REJECTED`] or [`DEAD_LETTER_RETRIES_EXHAUSTED`]).
+    pub fn record_dead_letter_truncated(&self, reason: &'static str, error_type: &'static str) {
+        self.dead_letter_truncated.add(
+            1,
+            &[
+                KeyValue::new(DEAD_LETTER_REASON, reason),
+                KeyValue::new(mqtrace_core::semconv::ERROR_TYPE, error_type),
+            ],
+        );
+    }
+
+    /// A request could not be dead-lettered at all and was skipped, the truncated letter
+    /// having failed with `error_type`.
+    pub fn record_dead_letter_skipped(&self, reason: &'static str, error_type: &'static str) {
+        self.dead_letter_skipped.add(
+            1,
+            &[
+                KeyValue::new(DEAD_LETTER_REASON, reason),
+                KeyValue::new(mqtrace_core::semconv::ERROR_TYPE, error_type),
+            ],
+        );
     }
 
     /// A feature value was missing or null.

@@ -70,6 +70,14 @@ pub enum Malformed {
     /// A required field has the wrong type or an invalid value.
     #[error("required field '{0}' has the wrong type or an invalid value")]
     Invalid(&'static str),
+    /// The body is larger than a request may be; it was not parsed.
+    #[error("the request is {size} bytes, more than the {limit} bytes a request may have")]
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 impl Malformed {
@@ -79,6 +87,7 @@ impl Malformed {
             Malformed::NotJson(_) => "not_json",
             Malformed::Missing(_) => "missing_field",
             Malformed::Invalid(_) => "invalid_field",
+            Malformed::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -116,6 +125,28 @@ fn required_str(
 }
 
 impl Request {
+    /// [`Request::parse`] for a body of at most `limit` bytes: a larger one is
+    /// [`Malformed::TooLarge`] without being read.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_inference::request::{Malformed, Request};
+    ///
+    /// let error = Request::parse_at_most(&[b' '; 2048], 1024).unwrap_err();
+    /// assert_eq!(error, Malformed::TooLarge { size: 2048, limit: 1024 });
+    /// assert_eq!(error.reason(), "too_large");
+    /// ```
+    pub fn parse_at_most(body: &[u8], limit: usize) -> Result<Self, Malformed> {
+        if body.len() > limit {
+            return Err(Malformed::TooLarge {
+                size: body.len(),
+                limit,
+            });
+        }
+        Self::parse(body)
+    }
+
     /// Parses and validates a request body.
     ///
     /// # Example

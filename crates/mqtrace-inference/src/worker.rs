@@ -11,6 +11,28 @@
 //! └── commit/ack            settle spans, after every reply was confirmed
 //! send {replies} (PRODUCER) parent: the request's own context, link -> the batch span
 //! ```
+//!
+//! # Requests the worker cannot score
+//!
+//! A request that is not JSON, misses a required field, fails validation or is larger than
+//! [`WorkerConfig::max_request_bytes`] is never a poison pill. It goes to the dead-letter
+//! destination with its payload unchanged and the `mqtrace.dlq.*` headers (reason, error,
+//! source topic, partition and offset). When that letter cannot be sent — the destination
+//! rejects it for good ([`SendFailure::Rejected`]: too large, invalid, not authorized) or
+//! it still fails after [`WorkerConfig::send_retries`] retries — a truncated letter goes
+//! instead: the same headers plus [`DLQ_TRUNCATED_HEADER`] and [`DLQ_PAYLOAD_SIZE_HEADER`],
+//! no payload. When even that cannot be sent, the request is skipped: an error log says
+//! where it is (topic, partition, offset) and `mqtrace.worker.dead_letter.skipped` counts it.
+//!
+//! # When a batch is settled
+//!
+//! Replies are sent first; a reply that cannot be sent after its retries fails the batch,
+//! which stays unsettled (delivered again) and stops the worker with [`WorkerError::Send`]:
+//! at-least-once for every good request. Dead letters come after the replies, so a broker
+//! that is down fails the batch on its replies before any dead letter is given up. Each
+//! request that could not be scored is then sent whole, sent truncated, or skipped (counted,
+//! logged), and never holds its batch back: the batch is settled once every reply is
+//! confirmed.
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::join_all;
 use mqtrace_core::batch::{
     BatchSpanBuilder, InboundMessage, LinkAttributes, MessageSink, MessageSource, Outgoing,
+    SendFailure,
 };
 use mqtrace_core::{Instrumentation, MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::context::FutureExt;
@@ -26,7 +49,10 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::collector::{BatchCollector, BatchConfig, Shutdown};
 use crate::features::{FeatureStore, PROFILE_FEATURES, UserProfile};
-use crate::metrics::{DEAD_LETTER_REASON, ML_DECISION, WorkerMetrics};
+use crate::metrics::{
+    DEAD_LETTER_REASON, DEAD_LETTER_REJECTED, DEAD_LETTER_RETRIES_EXHAUSTED, ML_DECISION,
+    WorkerMetrics,
+};
 use crate::model::{InstrumentedModel, Model, ModelError};
 use crate::postprocess::{ML_OUTPUT_SCORE_BUCKET, decide, score_bucket};
 use crate::request::{Finding, Malformed, REQUEST_FEATURES, Request, feature};
@@ -45,6 +71,24 @@ pub const DLQ_REASON_HEADER: &str = "mqtrace.dlq.reason";
 pub const DLQ_ERROR_HEADER: &str = "mqtrace.dlq.error";
 /// Dead-letter header: where the request was consumed from.
 pub const DLQ_SOURCE_HEADER: &str = "mqtrace.dlq.source";
+/// Dead-letter header: the partition the request was consumed from (Kafka).
+pub const DLQ_SOURCE_PARTITION_HEADER: &str = "mqtrace.dlq.source.partition";
+/// Dead-letter header: the request's offset in that partition (Kafka).
+pub const DLQ_SOURCE_OFFSET_HEADER: &str = "mqtrace.dlq.source.offset";
+/// Dead-letter header: the request's message id, when it had one (AMQP `message_id`).
+pub const DLQ_SOURCE_MESSAGE_ID_HEADER: &str = "mqtrace.dlq.source.message_id";
+/// Dead-letter header, on a letter sent without the request's payload: why the whole letter
+/// could not be sent (the send error in words).
+pub const DLQ_TRUNCATED_HEADER: &str = "mqtrace.dlq.truncated";
+/// Dead-letter header, on a truncated letter: the size of the request's payload in bytes.
+pub const DLQ_PAYLOAD_SIZE_HEADER: &str = "mqtrace.dlq.payload_size";
+
+/// Largest request body the worker parses by default (1 MiB); larger ones are dead-lettered
+/// as `too_large` unread.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// A truncated dead letter keeps the request's key only up to this size.
+const TRUNCATED_KEY_LIMIT: usize = 1024;
 
 /// How the worker batches, replies and dead-letters.
 #[derive(Debug, Clone)]
@@ -62,13 +106,17 @@ pub struct WorkerConfig {
     pub link_attributes: LinkAttributes,
     /// Also start a CONSUMER `process` span per message in its request's trace.
     pub per_message_spans: bool,
-    /// How often a failed reply is retried before the worker gives up.
+    /// How often a failed reply or dead letter is retried before the worker gives up on it
+    /// (a failure the sink classifies as [`SendFailure::Rejected`] is not retried).
     pub send_retries: u32,
+    /// Largest request body the worker parses; a larger one is dead-lettered as `too_large`.
+    pub max_request_bytes: usize,
 }
 
 impl WorkerConfig {
     /// Replies to `reply_destination`, dead letters to `dead_letter_destination`; default
-    /// batches, the link limit from the environment, no per-message spans, 5 retries.
+    /// batches, the link limit from the environment, no per-message spans, 5 retries,
+    /// requests up to [`DEFAULT_MAX_REQUEST_BYTES`].
     pub fn new(
         reply_destination: impl Into<String>,
         dead_letter_destination: impl Into<String>,
@@ -81,6 +129,7 @@ impl WorkerConfig {
             link_attributes: LinkAttributes::default(),
             per_message_spans: false,
             send_retries: 5,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 
@@ -109,9 +158,16 @@ impl WorkerConfig {
         self
     }
 
-    /// Sets how often a failed reply is retried.
+    /// Sets how often a failed reply or dead letter is retried.
     pub fn with_send_retries(mut self, retries: u32) -> Self {
         self.send_retries = retries;
+        self
+    }
+
+    /// Sets the largest request body the worker parses (at least 1 byte); larger requests
+    /// are dead-lettered as `too_large` without being read.
+    pub fn with_max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes.max(1);
         self
     }
 }
@@ -126,8 +182,13 @@ pub struct WorkerStats {
     pub messages: u64,
     /// Replies confirmed by the broker.
     pub replies: u64,
-    /// Requests sent to the dead-letter destination.
+    /// Requests sent to the dead-letter destination, whole or truncated.
     pub dead_lettered: u64,
+    /// Of those, the ones sent without their payload (the whole letter could not be sent).
+    pub dead_letters_truncated: u64,
+    /// Requests that could not be scored nor dead-lettered, not even truncated: skipped,
+    /// with an error log saying where they are.
+    pub dead_letters_skipped: u64,
     /// Seconds spent in model execution.
     pub model_seconds: f64,
     /// Seconds spent processing batches (from batch start to settle).
@@ -150,8 +211,11 @@ pub enum WorkerError {
     /// The model failed.
     #[error("model execution failed: {0}")]
     Model(#[from] ModelError),
-    /// A reply or dead letter could not be sent after retries.
-    #[error("sending to '{destination}' failed after {attempts} attempts: {source}")]
+    /// A reply could not be sent after retries (dead letters never stop the worker: they
+    /// fall back to a truncated letter, then to a counted skip).
+    #[error(
+        "sending to '{destination}' failed after {attempts} attempts: {source} (the batch was not settled and will be delivered again)"
+    )]
     Send {
         /// Destination.
         destination: String,
@@ -220,6 +284,92 @@ struct Scored {
 struct DeadLetter<'b> {
     index: usize,
     malformed: &'b Malformed,
+}
+
+/// A send that failed for good, or after every retry.
+struct SendFailed {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    failure: SendFailure,
+    attempts: u32,
+}
+
+impl SendFailed {
+    /// `error.type` on the dead-letter fallback counters.
+    fn error_type(&self) -> &'static str {
+        match self.failure {
+            SendFailure::Rejected => DEAD_LETTER_REJECTED,
+            _ => DEAD_LETTER_RETRIES_EXHAUSTED,
+        }
+    }
+}
+
+/// What became of a request that could not be scored.
+enum DeadLetterOutcome {
+    /// Dead-lettered with its payload.
+    Whole,
+    /// Dead-lettered without its payload: the whole letter failed.
+    Truncated { whole: SendFailed },
+    /// Not dead-lettered at all: the truncated letter failed too.
+    Skipped {
+        whole: SendFailed,
+        truncated: SendFailed,
+    },
+}
+
+/// What to do after attempt number `attempt` (1-based) of a send failed with `failure`:
+/// wait and retry, or give up (`None`). A rejected message is not sent again; anything else
+/// is retried `retries` times with exponential backoff.
+fn retry_after(failure: SendFailure, attempt: u32, retries: u32) -> Option<Duration> {
+    match failure {
+        SendFailure::Rejected => None,
+        _ if attempt > retries => None,
+        _ => Some(backoff(attempt)),
+    }
+}
+
+/// 100 ms before the first retry, doubling, at most 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(6);
+    (Duration::from_millis(100) * 2_u32.pow(doublings)).min(Duration::from_secs(5))
+}
+
+/// The `mqtrace.dlq.source.*` headers locating a message in its source, from its identity
+/// (partition and offset, message id); what a broker identifies only per connection (an AMQP
+/// delivery tag) is left out.
+fn reference_headers(identity: &[KeyValue]) -> Vec<(&'static str, String)> {
+    identity
+        .iter()
+        .filter_map(|kv| {
+            let header = match kv.key.as_str() {
+                semconv::MESSAGING_DESTINATION_PARTITION_ID => DLQ_SOURCE_PARTITION_HEADER,
+                semconv::MESSAGING_KAFKA_OFFSET => DLQ_SOURCE_OFFSET_HEADER,
+                semconv::MESSAGING_MESSAGE_ID => DLQ_SOURCE_MESSAGE_ID_HEADER,
+                _ => return None,
+            };
+            Some((header, kv.value.as_str().into_owned()))
+        })
+        .collect()
+}
+
+/// `topic[partition]@offset` (or what of it is known), for logs about a skipped message.
+fn position(destination: &str, reference: &[(&'static str, String)]) -> String {
+    let find = |name: &str| {
+        reference
+            .iter()
+            .find(|(header, _)| *header == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let mut position = destination.to_owned();
+    if let Some(partition) = find(DLQ_SOURCE_PARTITION_HEADER) {
+        position.push_str(&format!("[{partition}]"));
+    }
+    if let Some(offset) = find(DLQ_SOURCE_OFFSET_HEADER) {
+        position.push_str(&format!("@{offset}"));
+    }
+    if let Some(id) = find(DLQ_SOURCE_MESSAGE_ID_HEADER) {
+        position.push_str(&format!(" message_id={id}"));
+    }
+    position
 }
 
 fn boxed<E: std::error::Error + Send + Sync + 'static>(
@@ -415,8 +565,11 @@ where
             batch.len() as i64,
         ));
         let fetch_cx = self.internal_span("features.fetch", batch_cx, fetch_attributes);
-        let parsed: Vec<Result<Request, Malformed>> =
-            batch.iter().map(|m| Request::parse(m.payload())).collect();
+        let max_request_bytes = self.config.max_request_bytes;
+        let parsed: Vec<Result<Request, Malformed>> = batch
+            .iter()
+            .map(|m| Request::parse_at_most(m.payload(), max_request_bytes))
+            .collect();
         let user_ids: Vec<&str> = parsed
             .iter()
             .filter_map(|r| r.as_ref().ok().map(|r| r.user_id.as_str()))
@@ -533,46 +686,126 @@ where
         }
         post_cx.span().end();
 
-        // Dead letters: parent the batch, link the original.
-        self.send_dead_letters(batch, batch_cx, &dead_letters)
-            .await?;
-        // Replies: each in its request's own trace, linked to the batch.
+        // Replies: each in its request's own trace, linked to the batch. First, so that a
+        // broker that is down fails the batch before any dead letter is given up.
         self.send_replies(batch, &scored, batch_link).await?;
+        // Dead letters: parent the batch, link the original; they never fail the batch.
+        self.send_dead_letters(batch, batch_cx, &dead_letters).await;
         Ok(())
     }
 
+    /// Dead-letters each request that could not be scored: whole, else truncated, else
+    /// skipped; records which on the batch span, the metrics and the stats.
     async fn send_dead_letters(
         &mut self,
         batch: &[S::Message],
         batch_cx: &Context,
         dead_letters: &[DeadLetter<'_>],
-    ) -> Result<(), WorkerError> {
+    ) {
         for letter in dead_letters {
             let message = &batch[letter.index];
             let reason = letter.malformed.reason();
-            let error = letter.malformed.to_string();
-            let headers = [
-                (DLQ_REASON_HEADER, reason.as_bytes()),
-                (DLQ_ERROR_HEADER, error.as_bytes()),
-                (DLQ_SOURCE_HEADER, message.destination().as_bytes()),
-            ];
-            let outgoing = Outgoing::new(&self.config.dead_letter_destination, message.payload())
-                .with_key(message.key())
-                .with_headers(&headers)
-                .with_message_id(message.message_id());
-            let links: Vec<Link> = message.link().into_iter().collect();
-            self.send_with_retries(outgoing, batch_cx, &links).await?;
-            self.metrics.record_dead_lettered(reason);
-            self.stats.dead_lettered += 1;
-            batch_cx.span().add_event(
-                "request.dead_lettered",
-                vec![
-                    KeyValue::new(DEAD_LETTER_REASON, reason),
-                    KeyValue::new("mqtrace.batch.index", letter.index as i64),
-                ],
-            );
+            let reference = reference_headers(&message.identity());
+            let outcome = self
+                .dead_letter(message, letter.malformed, &reference, batch_cx)
+                .await;
+            let index = KeyValue::new("mqtrace.batch.index", letter.index as i64);
+            let _guard = batch_cx.clone().attach();
+            match outcome {
+                DeadLetterOutcome::Whole => {
+                    self.metrics.record_dead_lettered(reason);
+                    self.stats.dead_lettered += 1;
+                    batch_cx.span().add_event(
+                        "request.dead_lettered",
+                        vec![KeyValue::new(DEAD_LETTER_REASON, reason), index],
+                    );
+                }
+                DeadLetterOutcome::Truncated { whole } => {
+                    tracing::warn!(
+                        reason,
+                        source = %position(message.destination(), &reference),
+                        error = %whole.error,
+                        attempts = whole.attempts,
+                        destination = %self.config.dead_letter_destination,
+                        "the dead letter could not be sent whole; sent it without its payload"
+                    );
+                    self.metrics.record_dead_lettered(reason);
+                    self.metrics
+                        .record_dead_letter_truncated(reason, whole.error_type());
+                    self.stats.dead_lettered += 1;
+                    self.stats.dead_letters_truncated += 1;
+                    batch_cx.span().add_event(
+                        "request.dead_lettered",
+                        vec![
+                            KeyValue::new(DEAD_LETTER_REASON, reason),
+                            index,
+                            KeyValue::new("mqtrace.dead_letter.truncated", true),
+                        ],
+                    );
+                }
+                DeadLetterOutcome::Skipped { whole, truncated } => {
+                    tracing::error!(
+                        reason,
+                        source = %position(message.destination(), &reference),
+                        error = %truncated.error,
+                        whole_letter_error = %whole.error,
+                        destination = %self.config.dead_letter_destination,
+                        "a request that cannot be scored could not be dead-lettered, not even \
+                         without its payload; skipped it (it is still at its source position)"
+                    );
+                    self.metrics
+                        .record_dead_letter_skipped(reason, truncated.error_type());
+                    self.stats.dead_letters_skipped += 1;
+                    batch_cx.span().add_event(
+                        "request.dead_letter_skipped",
+                        vec![
+                            KeyValue::new(DEAD_LETTER_REASON, reason),
+                            index,
+                            KeyValue::new(semconv::ERROR_TYPE, truncated.error_type()),
+                        ],
+                    );
+                }
+            }
         }
-        Ok(())
+    }
+
+    /// Sends one dead letter whole, or truncated when the whole one cannot be sent.
+    async fn dead_letter(
+        &self,
+        message: &S::Message,
+        malformed: &Malformed,
+        reference: &[(&'static str, String)],
+        batch_cx: &Context,
+    ) -> DeadLetterOutcome {
+        let error = malformed.to_string();
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            (DLQ_REASON_HEADER, malformed.reason().as_bytes()),
+            (DLQ_ERROR_HEADER, error.as_bytes()),
+            (DLQ_SOURCE_HEADER, message.destination().as_bytes()),
+        ];
+        headers.extend(reference.iter().map(|(k, v)| (*k, v.as_bytes())));
+        let links: Vec<Link> = message.link().into_iter().collect();
+        let whole = Outgoing::new(&self.config.dead_letter_destination, message.payload())
+            .with_key(message.key())
+            .with_headers(&headers)
+            .with_message_id(message.message_id());
+        let whole = match self.send_with_retries(whole, batch_cx, &links).await {
+            Ok(()) => return DeadLetterOutcome::Whole,
+            Err(failed) => failed,
+        };
+
+        let why = whole.error.to_string();
+        let size = message.payload().len().to_string();
+        headers.push((DLQ_TRUNCATED_HEADER, why.as_bytes()));
+        headers.push((DLQ_PAYLOAD_SIZE_HEADER, size.as_bytes()));
+        let truncated = Outgoing::new(&self.config.dead_letter_destination, &[])
+            .with_key(message.key().filter(|key| key.len() <= TRUNCATED_KEY_LIMIT))
+            .with_headers(&headers)
+            .with_message_id(message.message_id());
+        match self.send_with_retries(truncated, batch_cx, &links).await {
+            Ok(()) => DeadLetterOutcome::Truncated { whole },
+            Err(truncated) => DeadLetterOutcome::Skipped { whole, truncated },
+        }
     }
 
     async fn send_replies(
@@ -615,43 +848,46 @@ where
         for result in results {
             match result {
                 Ok(()) => self.stats.replies += 1,
-                Err(error) => {
-                    first_error.get_or_insert(error);
+                Err(failed) => {
+                    first_error.get_or_insert(WorkerError::Send {
+                        destination: self.config.reply_destination.clone(),
+                        attempts: failed.attempts,
+                        source: failed.error,
+                    });
                 }
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Sends, retrying with exponential backoff (100 ms doubling, at most 5 s).
+    /// Sends, retrying a transient failure with exponential backoff (100 ms doubling, at
+    /// most 5 s) up to [`WorkerConfig::send_retries`] times; a rejection is not retried.
     async fn send_with_retries(
         &self,
         outgoing: Outgoing<'_>,
         parent: &Context,
         links: &[Link],
-    ) -> Result<(), WorkerError> {
-        let mut backoff = Duration::from_millis(100);
+    ) -> Result<(), SendFailed> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.sink.send(outgoing, parent, links.to_vec()).await {
+            let error = match self.sink.send(outgoing, parent, links.to_vec()).await {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt > self.config.send_retries => {
-                    return Err(WorkerError::Send {
-                        destination: outgoing.destination.to_owned(),
-                        attempts: attempt,
-                        source: boxed(error),
-                    });
-                }
-                Err(error) => {
-                    {
-                        let _guard = parent.clone().attach();
-                        tracing::warn!(%error, attempt, destination = outgoing.destination, "send failed; retrying");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(error) => error,
+            };
+            let failure = self.sink.classify(&error);
+            let Some(wait) = retry_after(failure, attempt, self.config.send_retries) else {
+                return Err(SendFailed {
+                    error: boxed(error),
+                    failure,
+                    attempts: attempt,
+                });
+            };
+            {
+                let _guard = parent.clone().attach();
+                tracing::warn!(%error, attempt, destination = outgoing.destination, "send failed; retrying");
             }
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -680,5 +916,399 @@ fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
             tokio::task::block_in_place(work)
         }
         _ => work(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use mqtrace_core::propagation::{ExtractOutcome, Extracted};
+
+    use super::*;
+    use crate::cpu::CpuModel;
+    use crate::features::InMemoryFeatureStore;
+    use crate::mlp::Mlp;
+
+    const REQUESTS: &str = "requests";
+    const REPLIES: &str = "replies";
+    const DLQ: &str = "requests.dlq";
+
+    struct Message {
+        payload: Vec<u8>,
+        offset: i64,
+        extracted: Extracted,
+    }
+
+    impl InboundMessage for Message {
+        fn extracted(&self) -> &Extracted {
+            &self.extracted
+        }
+        fn payload(&self) -> &[u8] {
+            &self.payload
+        }
+        fn key(&self) -> Option<&[u8]> {
+            Some(b"user-1")
+        }
+        fn destination(&self) -> &str {
+            REQUESTS
+        }
+        fn enqueued_at(&self) -> Option<SystemTime> {
+            None
+        }
+        fn message_id(&self) -> Option<&str> {
+            None
+        }
+        fn identity(&self) -> Vec<KeyValue> {
+            vec![
+                KeyValue::new(semconv::MESSAGING_DESTINATION_PARTITION_ID, "0"),
+                KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.offset),
+            ]
+        }
+    }
+
+    /// The messages of one batch, then the end; remembers what was settled.
+    struct Source {
+        messages: VecDeque<Message>,
+        settled: Arc<Mutex<Vec<i64>>>,
+    }
+
+    impl MessageSource for Source {
+        type Message = Message;
+        type Error = std::io::Error;
+        fn system(&self) -> &'static str {
+            "test"
+        }
+        async fn next_message(&mut self) -> Option<Result<Message, std::io::Error>> {
+            self.messages.pop_front().map(Ok)
+        }
+        async fn settle(&mut self, messages: &[Message], _: &Context) -> std::io::Result<()> {
+            if let Ok(mut settled) = self.settled.lock() {
+                settled.extend(messages.iter().map(|m| m.offset));
+            }
+            Ok(())
+        }
+    }
+
+    /// How the test broker treats a destination.
+    #[derive(Clone, Copy)]
+    enum Treatment {
+        /// Takes payloads up to this many bytes, rejects larger ones.
+        Takes(usize),
+        /// Rejects everything for good.
+        Rejects,
+        /// Fails everything, transiently.
+        Unavailable,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused by the test broker")]
+    struct Refused(SendFailure);
+
+    /// One sent (or attempted) message.
+    #[derive(Debug, Clone)]
+    struct Sent {
+        destination: String,
+        payload_len: usize,
+        headers: Vec<(String, String)>,
+        delivered: bool,
+    }
+
+    impl Sent {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    struct Sink {
+        replies: Treatment,
+        dead_letters: Treatment,
+        log: Arc<Mutex<Vec<Sent>>>,
+    }
+
+    impl MessageSink for Sink {
+        type Error = Refused;
+
+        fn classify(&self, error: &Refused) -> SendFailure {
+            error.0
+        }
+
+        async fn send(
+            &self,
+            message: Outgoing<'_>,
+            _: &Context,
+            _: Vec<Link>,
+        ) -> Result<(), Refused> {
+            let treatment = if message.destination == DLQ {
+                self.dead_letters
+            } else {
+                self.replies
+            };
+            let result = match treatment {
+                Treatment::Takes(limit) if message.payload.len() <= limit => Ok(()),
+                Treatment::Takes(_) | Treatment::Rejects => Err(Refused(SendFailure::Rejected)),
+                Treatment::Unavailable => Err(Refused(SendFailure::Transient)),
+            };
+            let sent = Sent {
+                destination: message.destination.to_owned(),
+                payload_len: message.payload.len(),
+                headers: message
+                    .headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+                delivered: result.is_ok(),
+            };
+            if let Ok(mut log) = self.log.lock() {
+                log.push(sent);
+            }
+            result
+        }
+    }
+
+    fn good(i: usize) -> Vec<u8> {
+        format!(r#"{{"request_id":"r-{i}","user_id":"user-1","amount":12.5}}"#).into_bytes()
+    }
+
+    struct Run {
+        result: Result<WorkerStats, WorkerError>,
+        settled: Vec<i64>,
+        sent: Vec<Sent>,
+    }
+
+    fn sent_to<'s>(sent: &'s [Sent], destination: &str) -> Vec<&'s Sent> {
+        sent.iter()
+            .filter(|s| s.destination == destination)
+            .collect()
+    }
+
+    /// One batch: `payloads` at offsets 0.., through a worker with `retries` retries.
+    async fn run(payloads: Vec<Vec<u8>>, replies: Treatment, dead_letters: Treatment) -> Run {
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let count = payloads.len();
+        let source = Source {
+            messages: payloads
+                .into_iter()
+                .enumerate()
+                .map(|(offset, payload)| Message {
+                    payload,
+                    offset: offset as i64,
+                    extracted: Extracted {
+                        context: Context::new(),
+                        outcome: ExtractOutcome::Missing,
+                    },
+                })
+                .collect(),
+            settled: settled.clone(),
+        };
+        let sink = Sink {
+            replies,
+            dead_letters,
+            log: log.clone(),
+        };
+        let config = WorkerConfig::new(REPLIES, DLQ)
+            .with_batch(BatchConfig::new(count, Duration::from_secs(1)))
+            .with_send_retries(2)
+            .with_max_request_bytes(64 * 1024);
+        let model = CpuModel::new("m", "1", Mlp::seeded(INPUT_WIDTH, &[8], 7));
+        let mut worker = Worker::new(
+            source,
+            sink,
+            InMemoryFeatureStore::generated(4, 7),
+            model,
+            config,
+        );
+        let result = worker.run(&Shutdown::new()).await;
+        let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+        let sent = log.lock().map(|s| s.clone()).unwrap_or_default();
+        Run {
+            result,
+            settled,
+            sent,
+        }
+    }
+
+    #[test]
+    fn rejections_are_not_retried_transient_failures_are_a_bounded_number_of_times() {
+        assert_eq!(retry_after(SendFailure::Rejected, 1, 5), None);
+        assert_eq!(
+            retry_after(SendFailure::Transient, 1, 5),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            retry_after(SendFailure::Transient, 5, 5),
+            Some(Duration::from_millis(1600))
+        );
+        assert_eq!(retry_after(SendFailure::Transient, 6, 5), None);
+        assert_eq!(retry_after(SendFailure::Transient, 1, 0), None);
+        assert_eq!(backoff(7), Duration::from_secs(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_reference_names_partition_offset_and_message_id_only() {
+        let reference = reference_headers(&[
+            KeyValue::new(semconv::MESSAGING_DESTINATION_PARTITION_ID, "3"),
+            KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, 17_i64),
+            KeyValue::new("messaging.rabbitmq.message.delivery_tag", 9_i64),
+            KeyValue::new(semconv::MESSAGING_MESSAGE_ID, "m-1"),
+        ]);
+        assert_eq!(
+            reference,
+            [
+                (DLQ_SOURCE_PARTITION_HEADER, "3".to_owned()),
+                (DLQ_SOURCE_OFFSET_HEADER, "17".to_owned()),
+                (DLQ_SOURCE_MESSAGE_ID_HEADER, "m-1".to_owned()),
+            ]
+        );
+        assert_eq!(
+            position("requests", &reference),
+            "requests[3]@17 message_id=m-1"
+        );
+        assert_eq!(position("q", &[]), "q");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_goes_to_the_dead_letters_whole_when_it_fits() {
+        let run = run(
+            vec![b"{not json".to_vec(), good(1)],
+            Treatment::Takes(usize::MAX),
+            Treatment::Takes(usize::MAX),
+        )
+        .await;
+        let stats = run.result.expect("worker ran");
+        assert_eq!((stats.dead_lettered, stats.dead_letters_truncated), (1, 0));
+        assert_eq!(stats.replies, 1);
+        let letters = sent_to(&run.sent, DLQ);
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].payload_len, 9, "payload unchanged");
+        assert_eq!(letters[0].header(DLQ_REASON_HEADER), Some("not_json"));
+        assert_eq!(letters[0].header(DLQ_SOURCE_OFFSET_HEADER), Some("0"));
+        assert_eq!(letters[0].header(DLQ_TRUNCATED_HEADER), None);
+        assert_eq!(run.settled, [0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_rejected_as_too_large_is_sent_truncated_at_once() {
+        let oversized = vec![b'x'; 100 * 1024];
+        let run = run(
+            vec![oversized, good(1)],
+            Treatment::Takes(usize::MAX),
+            Treatment::Takes(1024),
+        )
+        .await;
+        let stats = run.result.expect("worker ran");
+        assert_eq!(
+            (
+                stats.dead_lettered,
+                stats.dead_letters_truncated,
+                stats.dead_letters_skipped
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(stats.replies, 1);
+        let letters = sent_to(&run.sent, DLQ);
+        assert_eq!(
+            letters.len(),
+            2,
+            "one whole attempt (no retry of a rejection), one truncated"
+        );
+        assert!(!letters[0].delivered);
+        let truncated = letters[1];
+        assert!(truncated.delivered);
+        assert_eq!(truncated.payload_len, 0);
+        assert_eq!(truncated.header(DLQ_REASON_HEADER), Some("too_large"));
+        assert_eq!(truncated.header(DLQ_SOURCE_HEADER), Some(REQUESTS));
+        assert_eq!(truncated.header(DLQ_SOURCE_PARTITION_HEADER), Some("0"));
+        assert_eq!(truncated.header(DLQ_SOURCE_OFFSET_HEADER), Some("0"));
+        assert_eq!(truncated.header(DLQ_PAYLOAD_SIZE_HEADER), Some("102400"));
+        assert!(truncated.header(DLQ_TRUNCATED_HEADER).is_some());
+        assert!(
+            truncated
+                .header(DLQ_ERROR_HEADER)
+                .is_some_and(|e| e.contains("102400 bytes"))
+        );
+        assert_eq!(run.settled, [0, 1], "the batch is settled");
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_destination_that_refuses_everything_skips_the_request_and_settles() {
+        let run = run(
+            vec![b"[]".to_vec(), good(1), good(2)],
+            Treatment::Takes(usize::MAX),
+            Treatment::Rejects,
+        )
+        .await;
+        let stats = run.result.expect("the worker keeps going");
+        assert_eq!(
+            (
+                stats.dead_lettered,
+                stats.dead_letters_truncated,
+                stats.dead_letters_skipped
+            ),
+            (0, 0, 1)
+        );
+        assert_eq!(stats.replies, 2);
+        assert_eq!(
+            sent_to(&run.sent, DLQ).len(),
+            2,
+            "whole once, truncated once: no retries"
+        );
+        assert_eq!(run.settled, [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_dead_letter_destination_is_retried_a_bounded_number_of_times() {
+        let run = run(
+            vec![b"".to_vec(), good(1)],
+            Treatment::Takes(usize::MAX),
+            Treatment::Unavailable,
+        )
+        .await;
+        let stats = run.result.expect("the worker keeps going");
+        assert_eq!(stats.dead_letters_skipped, 1);
+        assert_eq!(stats.replies, 1);
+        // 1 attempt + 2 retries, for the whole letter and for the truncated one
+        let letters = sent_to(&run.sent, DLQ);
+        assert_eq!(letters.len(), 6);
+        assert_eq!(
+            letters.iter().filter(|l| l.payload_len == 0).count(),
+            6,
+            "the empty payload is its own truncated form"
+        );
+        assert_eq!(
+            letters
+                .iter()
+                .filter(|l| l.header(DLQ_TRUNCATED_HEADER).is_some())
+                .count(),
+            3
+        );
+        assert_eq!(run.settled, [0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_that_cannot_be_sent_fail_the_batch_before_any_dead_letter_is_given_up() {
+        let run = run(
+            vec![b"{".to_vec(), good(1)],
+            Treatment::Unavailable,
+            Treatment::Takes(usize::MAX),
+        )
+        .await;
+        let error = run.result.expect_err("the reply could not be sent");
+        assert!(
+            matches!(error, WorkerError::Send { attempts: 3, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("delivered again"), "{error}");
+        assert!(run.settled.is_empty(), "not settled: delivered again");
+        assert!(
+            sent_to(&run.sent, DLQ).is_empty(),
+            "no dead letter was attempted"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing};
+use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing, SendFailure};
 use mqtrace_core::propagation::Extracted;
 use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{MessagingSpanBuilder, OperationType, semconv};
@@ -178,6 +178,16 @@ where
     TracedProducer<C>: Sync,
 {
     type Error = Error;
+
+    /// [`SendFailure::Rejected`] when [`Error::is_rejected`]: a message too large for
+    /// `message.max.bytes`, an unknown topic, a refused authorization.
+    fn classify(&self, error: &Error) -> SendFailure {
+        if error.is_rejected() {
+            SendFailure::Rejected
+        } else {
+            SendFailure::Transient
+        }
+    }
 
     /// Sends to topic `message.destination`; resolves at the delivery report.
     async fn send(

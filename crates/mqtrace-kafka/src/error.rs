@@ -1,6 +1,6 @@
 //! The error type of `mqtrace-kafka`.
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 
 /// Errors from traced Kafka clients. The span of the failed operation carries the same
@@ -69,6 +69,43 @@ pub enum Error {
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether a [`Error::Delivery`] failed because this message is refused for good (too
+    /// large for `message.max.bytes` on the client or the broker, invalid, not authorized,
+    /// an unknown topic): sending it again would fail the same way. Timeouts, full queues and
+    /// brokers that are down are not rejections: a later attempt may succeed.
+    pub fn is_rejected(&self) -> bool {
+        match self {
+            Error::Delivery { source, .. } => source.rdkafka_error_code().is_some_and(rejects),
+            _ => false,
+        }
+    }
+}
+
+/// Error codes after which the same message cannot be delivered by trying again.
+fn rejects(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BadMessage
+            | C::InvalidArgument
+            | C::KeySerialization
+            | C::ValueSerialization
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::InvalidMessage
+            | C::InvalidMessageSize
+            | C::MessageSizeTooLarge
+            | C::InvalidTopic
+            | C::MessageBatchTooLarge
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation
+            | C::InvalidRecord
+    )
+}
+
 /// A low-cardinality `error.type` for a Kafka error: the librdkafka error code's name
 /// (e.g. `MessageTimedOut`), or the error's kind when it has no code.
 pub fn error_type(error: &KafkaError) -> String {
@@ -82,5 +119,59 @@ pub fn error_type(error: &KafkaError) -> String {
                 .unwrap_or("KafkaError")
                 .to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(error: KafkaError) -> Error {
+        Error::Delivery {
+            topic: "t".to_owned(),
+            source: error,
+            message: Box::new(OwnedMessage::new(
+                None,
+                None,
+                "t".to_owned(),
+                rdkafka::Timestamp::NotAvailable,
+                0,
+                0,
+                None,
+            )),
+        }
+    }
+
+    #[test]
+    fn too_large_and_unknown_topics_are_rejections_timeouts_are_not() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidMessageSize,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            assert!(
+                delivery(KafkaError::MessageProduction(code)).is_rejected(),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(
+                !delivery(KafkaError::MessageProduction(code)).is_rejected(),
+                "{code:?}"
+            );
+        }
+        assert!(
+            !Error::Receive(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge
+            ))
+            .is_rejected(),
+            "only deliveries are classified"
+        );
     }
 }

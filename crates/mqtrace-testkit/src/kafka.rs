@@ -4,27 +4,39 @@
 //! The mock cluster speaks the Kafka protocol on loopback ports, so any client (rdkafka,
 //! kcat, Python) can use it. Things to know, measured with rdkafka 0.39:
 //! - create topics with [`EmbeddedKafka::create_topic`]; the Admin API's CreateTopics is not
-//!   supported by the mock broker;
+//!   supported by the mock broker (it times out), but its Metadata requests work, and a
+//!   producer's auto-creates a topic with 4 partitions;
 //! - a consumer group takes about 3 s to get its assignment (use `assign` where the test is
 //!   not about groups);
 //! - each partition keeps only a few MiB: consume while producing, or spread large loads over
 //!   partitions, or the oldest messages are gone before they are read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::producer::{BaseProducer, Producer as _};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaErrorCode, RDKafkaRespErr};
 
 /// Environment variable naming an external broker list to test against instead of the
 /// embedded one.
 pub const BOOTSTRAP_ENV: &str = "MQTRACE_KAFKA_BOOTSTRAP";
+
+/// How long [`KafkaFixture`] waits for an external broker to answer a metadata request
+/// before it reports the broker unreachable.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a CreateTopics request to an external broker may take. The mock broker never
+/// answers one (it has no Admin API), so this is also how long finding that out takes.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors from the Kafka fixtures.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +60,21 @@ pub enum Error {
     /// The external mock cluster's control port refused or could not be reached.
     #[error(transparent)]
     Control(#[from] crate::kafka_control::ControlError),
+    /// The external broker did not answer a metadata request in time.
+    #[error(
+        "cannot reach the Kafka broker at {bootstrap} within {} s: {reason} (is it running, and is {bootstrap} its address? check --bootstrap or {BOOTSTRAP_ENV})",
+        REACH_TIMEOUT.as_secs()
+    )]
+    Unreachable {
+        /// The broker list.
+        bootstrap: String,
+        /// librdkafka's error.
+        reason: String,
+    },
     /// Creating a topic on an external broker failed.
     #[error(
-        "cannot create topic '{topic}' on {bootstrap}: {reason} (is the broker at {bootstrap} reachable? unset {BOOTSTRAP_ENV} to use the embedded one)"
+        "cannot create topic '{topic}' on {bootstrap}: {reason} (an `mqtrace mock-kafka` has no Admin API: set {} to the control= address it printed; on another broker, create the topic with its tools)",
+        crate::kafka_control::CONTROL_ENV
     )]
     CreateTopic {
         /// The topic.
@@ -64,6 +88,31 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether this says that the topic to be created exists already.
+    pub fn is_topic_exists(&self) -> bool {
+        matches!(
+            self,
+            Error::Mock {
+                source: KafkaError::MockCluster(RDKafkaErrorCode::TopicAlreadyExists),
+                ..
+            }
+        )
+    }
+}
+
+/// A topic [`KafkaFixture::create_named_topic`] made sure of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NamedTopic {
+    /// Its partitions: as asked for when it was created; as they are when it existed (an
+    /// existing topic is used as it is, never given more partitions: that would move keys
+    /// to other partitions), or the broker's default when the broker auto-created it.
+    pub partitions: i32,
+    /// Whether it was created now (it did not exist).
+    pub created: bool,
+}
 
 type Reply = mpsc::Sender<Result<(), KafkaError>>;
 
@@ -284,6 +333,8 @@ pub struct KafkaFixture {
     bootstrap: String,
     control: Option<String>,
     embedded: Option<EmbeddedKafka>,
+    /// Set once a CreateTopics request timed out: the broker has no Admin API.
+    admin_unsupported: AtomicBool,
 }
 
 impl KafkaFixture {
@@ -308,6 +359,7 @@ impl KafkaFixture {
             bootstrap: bootstrap.trim().to_owned(),
             control,
             embedded: None,
+            admin_unsupported: AtomicBool::new(false),
         }
     }
 
@@ -315,6 +367,12 @@ impl KafkaFixture {
     /// API.
     pub fn with_control(mut self, addr: &str) -> Self {
         self.control = Some(addr.trim().to_owned());
+        self
+    }
+
+    /// Creates topics with the Admin API even when `MQTRACE_KAFKA_CONTROL` is set.
+    pub fn without_control(mut self) -> Self {
+        self.control = None;
         self
     }
 
@@ -326,6 +384,7 @@ impl KafkaFixture {
             bootstrap: kafka.bootstrap_servers().to_owned(),
             control: None,
             embedded: Some(kafka),
+            admin_unsupported: AtomicBool::new(false),
         })
     }
 
@@ -342,54 +401,164 @@ impl KafkaFixture {
     /// Creates a topic with a unique name starting with `prefix` and returns the name.
     pub async fn create_topic(&self, prefix: &str, partitions: i32) -> Result<String> {
         let topic = unique_name(prefix);
-        match &self.embedded {
-            Some(kafka) => kafka.create_topic(&topic, partitions)?,
-            None => self.create_external_topic(&topic, partitions).await?,
-        }
+        self.create_named_topic(&topic, partitions).await?;
         Ok(topic)
     }
 
-    /// Creates `name` as is (no unique suffix), for demos and tools with a fixed topology.
-    /// On an external broker an existing topic of that name is fine.
-    pub async fn create_named_topic(&self, name: &str, partitions: i32) -> Result<()> {
+    /// Makes sure topic `name` (no unique suffix, for demos and tools with a fixed topology)
+    /// exists: an existing topic is used as it is, whatever its partition count (compare
+    /// [`NamedTopic::partitions`] with what you asked for), so a job can run again and again
+    /// against one broker.
+    ///
+    /// On an external broker, a metadata request comes first: a broker that does not answer
+    /// within [`REACH_TIMEOUT`] is [`Error::Unreachable`]. A missing topic is then created
+    /// through the control port when there is one, else with the Admin API, else (a broker
+    /// without an Admin API, such as `mqtrace mock-kafka`) by asking the broker to auto-create
+    /// it, with its default partition count.
+    pub async fn create_named_topic(&self, name: &str, partitions: i32) -> Result<NamedTopic> {
+        let created = NamedTopic {
+            partitions,
+            created: true,
+        };
         match &self.embedded {
-            Some(kafka) => kafka.create_topic(name, partitions),
-            None => self.create_external_topic(name, partitions).await,
+            Some(kafka) => match kafka.create_topic(name, partitions) {
+                Ok(()) => Ok(created),
+                Err(error) if error.is_topic_exists() => self.existing_topic(name).await,
+                Err(error) => Err(error),
+            },
+            None => {
+                if let Some(&partitions) = self.topic_partitions().await?.get(name) {
+                    return Ok(NamedTopic {
+                        partitions,
+                        created: false,
+                    });
+                }
+                match &self.control {
+                    Some(control) => {
+                        let note = crate::kafka_control::request(
+                            control,
+                            &format!("create-topic {name} {partitions}"),
+                        )
+                        .await?;
+                        if note == crate::kafka_control::TOPIC_EXISTS {
+                            self.existing_topic(name).await
+                        } else {
+                            Ok(created)
+                        }
+                    }
+                    None => self.create_with_admin(name, partitions).await,
+                }
+            }
         }
     }
 
-    async fn create_external_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        if let Some(control) = &self.control {
-            crate::kafka_control::request(control, &format!("create-topic {topic} {partitions}"))
-                .await?;
-            return Ok(());
+    /// The partition count of every topic on the broker, from a metadata request.
+    async fn topic_partitions(&self) -> Result<HashMap<String, i32>> {
+        let config = self.client_config();
+        let bootstrap = self.bootstrap.clone();
+        let unreachable = move |reason: String| Error::Unreachable {
+            bootstrap: bootstrap.clone(),
+            reason,
+        };
+        let metadata = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = config.create()?;
+            client.fetch_metadata(None, REACH_TIMEOUT)
+        })
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.error().is_none())
+            .map(|topic| {
+                let partitions = i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX);
+                (topic.name().to_owned(), partitions)
+            })
+            .collect())
+    }
+
+    /// `name` as it is on the broker, which said it exists.
+    async fn existing_topic(&self, name: &str) -> Result<NamedTopic> {
+        match self.topic_partitions().await?.get(name) {
+            Some(&partitions) => Ok(NamedTopic {
+                partitions,
+                created: false,
+            }),
+            None => Err(Error::CreateTopic {
+                topic: name.to_owned(),
+                bootstrap: self.bootstrap.clone(),
+                reason: "the broker said it exists, but its metadata does not list it".to_owned(),
+            }),
         }
+    }
+
+    async fn create_with_admin(&self, topic: &str, partitions: i32) -> Result<NamedTopic> {
         let failed = |reason: String| Error::CreateTopic {
             topic: topic.to_owned(),
             bootstrap: self.bootstrap.clone(),
             reason,
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .map_err(|e| failed(e.to_string()))?;
-        let options =
-            AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
-        let results = admin
-            .create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &options,
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        for result in results {
-            match result {
-                Ok(_) => {}
-                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(failed(format!("{code:?}"))),
+        if !self.admin_unsupported.load(Ordering::Relaxed) {
+            let admin: AdminClient<DefaultClientContext> = self
+                .client_config()
+                .create()
+                .map_err(|e| failed(e.to_string()))?;
+            let options = AdminOptions::new()
+                .request_timeout(Some(ADMIN_TIMEOUT))
+                .operation_timeout(Some(ADMIN_TIMEOUT));
+            let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            match admin.create_topics(&[new_topic], &options).await {
+                Ok(results) => match results.into_iter().next() {
+                    Some(Ok(_)) | None => {
+                        return Ok(NamedTopic {
+                            partitions,
+                            created: true,
+                        });
+                    }
+                    Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                        return self.existing_topic(topic).await;
+                    }
+                    Some(Err((_, code))) => return Err(failed(format!("{code:?}"))),
+                },
+                // No answer: a broker without the Admin API (the mock broker), or one too
+                // busy to create topics. Either way, try auto-creation.
+                Err(KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut)) => {
+                    self.admin_unsupported.store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(failed(error.to_string())),
             }
         }
-        Ok(())
+        self.auto_create(topic).await?;
+        match self.topic_partitions().await?.get(topic) {
+            Some(&partitions) => Ok(NamedTopic {
+                partitions,
+                created: true,
+            }),
+            None => Err(failed(format!(
+                "CreateTopics got no answer within {} s and the broker did not auto-create it",
+                ADMIN_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Asks the broker to auto-create `topic`: a producer's metadata request for it.
+    async fn auto_create(&self, topic: &str) -> Result<()> {
+        let config = self.client_config();
+        let name = topic.to_owned();
+        let failed = |reason: String| Error::CreateTopic {
+            topic: topic.to_owned(),
+            bootstrap: self.bootstrap.clone(),
+            reason,
+        };
+        tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = config.create()?;
+            producer.client().fetch_metadata(Some(&name), REACH_TIMEOUT)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map(drop)
+        .map_err(|e| failed(format!("auto-creation: {e}")))
     }
 
     /// Client settings shared by producers and consumers in tests.
@@ -422,5 +591,100 @@ impl KafkaFixture {
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "10");
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kafka_control::ControlServer;
+
+    fn served() -> (Arc<EmbeddedKafka>, ControlServer) {
+        let kafka = Arc::new(EmbeddedKafka::start(1).expect("kafka"));
+        let addr = "127.0.0.1:0".parse().expect("addr");
+        let control = ControlServer::spawn(kafka.clone(), addr).expect("control");
+        (kafka, control)
+    }
+
+    #[tokio::test]
+    async fn a_named_topic_is_created_once_and_reused_as_it_is_after() {
+        let (kafka, control) = served();
+        let fixture = KafkaFixture::external(kafka.bootstrap_servers())
+            .with_control(&control.local_addr().to_string());
+        let first = fixture
+            .create_named_topic("orders", 3)
+            .await
+            .expect("create");
+        assert_eq!(
+            first,
+            NamedTopic {
+                partitions: 3,
+                created: true
+            }
+        );
+        let again = fixture
+            .create_named_topic("orders", 6)
+            .await
+            .expect("reuse");
+        assert_eq!(
+            again,
+            NamedTopic {
+                partitions: 3,
+                created: false
+            },
+            "an existing topic is used as it is, and says how many partitions it has"
+        );
+        // The embedded fixture's own cluster too.
+        let embedded = KafkaFixture::embedded(1).expect("embedded");
+        embedded.create_named_topic("t", 2).await.expect("create");
+        let again = embedded.create_named_topic("t", 2).await.expect("reuse");
+        assert!(!again.created);
+        assert_eq!(again.partitions, 2);
+    }
+
+    #[tokio::test]
+    async fn without_a_control_port_topics_come_from_the_admin_api_or_auto_creation() {
+        let (kafka, _control) = served();
+        kafka.create_topic("existing", 2).expect("create");
+        let fixture = KafkaFixture::external(kafka.bootstrap_servers()).without_control();
+        let existing = fixture
+            .create_named_topic("existing", 4)
+            .await
+            .expect("reuse");
+        assert_eq!(
+            existing,
+            NamedTopic {
+                partitions: 2,
+                created: false
+            }
+        );
+        // The mock broker has no Admin API: the topic is auto-created, with its default count.
+        let fresh = fixture
+            .create_named_topic("fresh", 1)
+            .await
+            .expect("create");
+        assert!(fresh.created);
+        assert_eq!(fresh.partitions, 4);
+        let again = fixture.create_named_topic("fresh", 1).await.expect("reuse");
+        assert!(!again.created);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_reported_with_its_address() {
+        // A port nothing listens on: bind one, then free it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let fixture = KafkaFixture::external(&addr.to_string()).without_control();
+        let error = fixture
+            .create_named_topic("requests", 1)
+            .await
+            .expect_err("nothing listens there");
+        assert!(matches!(error, Error::Unreachable { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(&addr.to_string()), "{message}");
+        assert!(message.contains("cannot reach"), "{message}");
     }
 }

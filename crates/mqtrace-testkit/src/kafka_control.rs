@@ -9,11 +9,13 @@
 //!
 //! | request | effect |
 //! |---|---|
-//! | `create-topic NAME PARTITIONS` | creates a topic (replication factor 1) |
+//! | `create-topic NAME PARTITIONS` | creates a topic (replication factor 1); an existing one is left as it is |
 //! | `broker-down ID` / `broker-up ID` | takes a broker down / brings it back |
 //! | `ping` | checks the server is there |
 //!
-//! Each answer is one line: `ok`, or `error ` followed by the reason.
+//! Each answer is one line: `ok`, `ok exists` (`create-topic` of a topic that is already
+//! there: nothing changed, so running a job twice against one broker works), or `error `
+//! followed by the reason.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -40,6 +42,9 @@ use crate::kafka::EmbeddedKafka;
 
 /// Environment variable with the control address (`HOST:PORT`) of an external mock cluster.
 pub const CONTROL_ENV: &str = "MQTRACE_KAFKA_CONTROL";
+
+/// The note of `ok exists`: `create-topic` found the topic already there.
+pub const TOPIC_EXISTS: &str = "exists";
 
 /// Longest request line the server reads.
 const MAX_LINE: u64 = 1024;
@@ -154,7 +159,8 @@ fn serve_connection(kafka: &EmbeddedKafka, stream: TcpStream) {
             return;
         }
         let answer = match execute(kafka, line.trim()) {
-            Ok(()) => "ok".to_owned(),
+            Ok(None) => "ok".to_owned(),
+            Ok(Some(note)) => format!("ok {note}"),
             Err(reason) => format!("error {}", reason.replace('\n', " ")),
         };
         if writeln!(writer, "{answer}").is_err() {
@@ -163,15 +169,15 @@ fn serve_connection(kafka: &EmbeddedKafka, stream: TcpStream) {
     }
 }
 
-/// Runs one request line against `kafka`.
-fn execute(kafka: &EmbeddedKafka, line: &str) -> Result<(), String> {
+/// Runs one request line against `kafka`; `Ok(Some(note))` is an `ok` with a note.
+fn execute(kafka: &EmbeddedKafka, line: &str) -> Result<Option<&'static str>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let number = |word: &str, what: &str| -> Result<i32, String> {
         word.parse::<i32>()
             .map_err(|_| format!("{what} must be a number, got '{word}'"))
     };
     match words.as_slice() {
-        ["ping"] => Ok(()),
+        ["ping"] => Ok(None),
         ["create-topic", name, partitions] => {
             let partitions = number(partitions, "PARTITIONS")?;
             if !(1..=10_000).contains(&partitions) {
@@ -182,15 +188,19 @@ fn execute(kafka: &EmbeddedKafka, line: &str) -> Result<(), String> {
                     "'{name}' is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"
                 ));
             }
-            kafka
-                .create_topic(name, partitions)
-                .map_err(|e| e.to_string())
+            match kafka.create_topic(name, partitions) {
+                Ok(()) => Ok(None),
+                Err(error) if error.is_topic_exists() => Ok(Some(TOPIC_EXISTS)),
+                Err(error) => Err(error.to_string()),
+            }
         }
         ["broker-down", id] => kafka
             .broker_down(number(id, "ID")?)
+            .map(|()| None)
             .map_err(|e| e.to_string()),
         ["broker-up", id] => kafka
             .broker_up(number(id, "ID")?)
+            .map(|()| None)
             .map_err(|e| e.to_string()),
         _ => Err(format!(
             "unknown request '{line}': use create-topic NAME PARTITIONS, broker-down ID, broker-up ID or ping"
@@ -207,8 +217,9 @@ fn valid_topic(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Sends one request to the control server at `addr` and waits for its answer.
-pub async fn request(addr: &str, command: &str) -> Result<(), ControlError> {
+/// Sends one request to the control server at `addr` and waits for its answer: the note
+/// after `ok` (empty for a plain `ok`, [`TOPIC_EXISTS`] for a topic that was already there).
+pub async fn request(addr: &str, command: &str) -> Result<String, ControlError> {
     let io = |source| ControlError::Io {
         addr: addr.to_owned(),
         command: command.to_owned(),
@@ -225,7 +236,8 @@ pub async fn request(addr: &str, command: &str) -> Result<(), ControlError> {
         .await
         .map_err(io)?;
     match answer.trim_end() {
-        "ok" => Ok(()),
+        "ok" => Ok(String::new()),
+        ok if ok.starts_with("ok ") => Ok(ok["ok ".len()..].to_owned()),
         "" => Err(io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the server closed the connection without an answer",
@@ -257,7 +269,15 @@ mod tests {
             ControlServer::spawn(kafka, "127.0.0.1:0".parse().expect("addr")).expect("server");
         let addr = server.local_addr().to_string();
         request(&addr, "ping").await.expect("ping");
-        request(&addr, "create-topic t1 3").await.expect("create");
+        assert_eq!(
+            request(&addr, "create-topic t1 3").await.expect("create"),
+            ""
+        );
+        assert_eq!(
+            request(&addr, "create-topic t1 5").await.expect("again"),
+            TOPIC_EXISTS,
+            "an existing topic is fine, and left as it is"
+        );
         for (bad, expected) in [
             ("create-topic t2 zero", "PARTITIONS must be a number"),
             ("create-topic t2 0", "PARTITIONS must be 1 to 10000"),
