@@ -43,6 +43,16 @@ pub enum Error {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// mqtrace's own OTLP/HTTP exporter could not be set up.
+    #[error("cannot set up the OTLP/HTTP {signal} exporter for {endpoint}: {reason}")]
+    ExporterSetup {
+        /// `traces`.
+        signal: &'static str,
+        /// The URL it would export to.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`].

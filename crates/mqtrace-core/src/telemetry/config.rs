@@ -150,6 +150,9 @@ pub struct TelemetryConfig {
     span_batch: SpanBatchSettings,
     log_queue_size: usize,
     otlp_timeout_from_env: bool,
+    otlp_traces_timeout: Option<Duration>,
+    otlp_compression: bool,
+    otlp_headers: Vec<(String, String)>,
     loss_warnings: Option<Duration>,
 }
 
@@ -166,6 +169,9 @@ impl Default for TelemetryConfig {
             span_batch: SpanBatchSettings::default(),
             log_queue_size: super::log_queue::DEFAULT_LOG_QUEUE_SIZE,
             otlp_timeout_from_env: false,
+            otlp_traces_timeout: None,
+            otlp_compression: false,
+            otlp_headers: Vec::new(),
             loss_warnings: Some(Duration::from_secs(10)),
         }
     }
@@ -175,6 +181,7 @@ impl TelemetryConfig {
     /// Reads `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
     /// `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_MAX_QUEUE_SIZE`,
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_EXPORT_TIMEOUT`,
+    /// `OTEL_BSP_MAX_CONCURRENT_EXPORTS`,
     /// `OTEL_BLRP_MAX_QUEUE_SIZE`, `MQTRACE_TELEMETRY_DIR` and `MQTRACE_ENVIRONMENT`, and
     /// notes whether `OTEL_EXPORTER_OTLP_TIMEOUT` (or a per-signal one) is set; a value that is set but invalid is an error naming the
     /// variable (the SDK would silently fall back). Service name and resource attributes
@@ -260,6 +267,9 @@ impl TelemetryConfig {
         if let Some(ms) = positive("OTEL_BSP_EXPORT_TIMEOUT")? {
             batch = batch.with_export_timeout(Duration::from_millis(ms));
         }
+        if let Some(n) = positive("OTEL_BSP_MAX_CONCURRENT_EXPORTS")? {
+            batch = batch.with_max_concurrent_exports(usize::try_from(n).unwrap_or(usize::MAX));
+        }
         config.span_batch = batch;
         if let Some(n) = positive("OTEL_BLRP_MAX_QUEUE_SIZE")? {
             config.log_queue_size = usize::try_from(n).unwrap_or(usize::MAX);
@@ -272,6 +282,28 @@ impl TelemetryConfig {
         ]
         .iter()
         .any(|name| non_empty(name).is_some());
+        // mqtrace's own OTLP/HTTP span exporter reads what the SDK's would.
+        let traces_timeout = match positive("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")? {
+            Some(ms) => Some(ms),
+            None => positive("OTEL_EXPORTER_OTLP_TIMEOUT")?,
+        };
+        config.otlp_traces_timeout = traces_timeout.map(Duration::from_millis);
+        config.otlp_compression = [
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        ]
+        .iter()
+        .any(|name| non_empty(name).is_some_and(|v| v.trim() != "none"));
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            if let Some(value) = non_empty(name) {
+                config.otlp_headers.push((name.to_owned(), value));
+            }
+        }
+        // Validated now, so a typo is an error at start, not a failed export later.
+        super::otlp_http::headers_from(|name| config.otlp_header_variable(name))?;
         Ok(config)
     }
 
@@ -303,6 +335,26 @@ impl TelemetryConfig {
     /// `OTEL_EXPORTER_OTLP_*TIMEOUT` variable is set (then the exporter reads that).
     pub(crate) fn otlp_request_timeout(&self) -> Option<Duration> {
         (!self.otlp_timeout_from_env).then_some(self.span_batch.export_timeout)
+    }
+
+    /// The span exporter's request timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, else the export timeout.
+    pub(crate) fn otlp_traces_timeout(&self) -> Duration {
+        self.otlp_traces_timeout
+            .unwrap_or(self.span_batch.export_timeout)
+    }
+
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION` (or the traces one) asks for compression.
+    pub(crate) fn otlp_compression(&self) -> bool {
+        self.otlp_compression
+    }
+
+    /// The value of an `OTEL_EXPORTER_OTLP_*HEADERS` variable, as read.
+    pub(crate) fn otlp_header_variable(&self, name: &str) -> Option<String> {
+        self.otlp_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// `service.name` used when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES`

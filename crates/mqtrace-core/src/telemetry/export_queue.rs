@@ -37,6 +37,21 @@ pub(crate) trait BatchExport: Send + 'static {
     type Item: Send + 'static;
     /// Exports one batch (blocking the export thread, never a producer).
     fn export(&mut self, batch: Vec<Self::Item>) -> OTelSdkResult;
+    /// Exports several batches, calling `done` with each one's size and result; the default
+    /// exports them one after the other. An exporter that may be called concurrently
+    /// overrides it to keep several requests in flight (a collector's round trip, not the CPU,
+    /// is then what bounds throughput).
+    fn export_all(
+        &mut self,
+        batches: Vec<Vec<Self::Item>>,
+        done: &(dyn Fn(usize, &OTelSdkResult) + Sync),
+    ) {
+        for batch in batches {
+            let size = batch.len();
+            let result = self.export(batch);
+            done(size, &result);
+        }
+    }
     /// Shuts the exporter down.
     fn shutdown(&mut self, timeout: Duration) -> OTelSdkResult;
     /// The resource of everything exported from now on.
@@ -50,6 +65,8 @@ pub(crate) struct QueueSettings {
     pub(crate) max_export_batch_size: usize,
     pub(crate) scheduled_delay: Duration,
     pub(crate) export_timeout: Duration,
+    /// Batches the exporter may have in flight at once (1 unless it supports more).
+    pub(crate) max_concurrent_exports: usize,
 }
 
 /// What the queue names in its warnings and metric.
@@ -135,9 +152,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// Accounts for the batch the export thread took, unless shutdown already did.
-    fn settle_in_flight(&self, result: &OTelSdkResult) {
-        let count = self.in_flight.swap(0, Ordering::AcqRel) as u64;
+    /// Accounts for a batch of `size` the export thread took, unless shutdown already counted
+    /// it as lost (what shutdown took from `in_flight` is not counted again).
+    fn settle(&self, size: usize, result: &OTelSdkResult) {
+        let previous = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(size))
+            })
+            .unwrap_or(0);
+        let count = previous.min(size) as u64;
         if count == 0 {
             return;
         }
@@ -226,6 +250,7 @@ impl<T: Send + 'static> ExportQueue<T> {
             settings,
             names,
             batch_size,
+            concurrency: settings.max_concurrent_exports.max(1),
             shared: Arc::clone(&shared),
             queued,
             warner: Warner::new(warnings),
@@ -378,6 +403,8 @@ struct ExportWorker<E: BatchExport> {
     settings: QueueSettings,
     names: QueueNames,
     batch_size: usize,
+    /// Batches exported at a time (`QueueSettings::max_concurrent_exports`).
+    concurrency: usize,
     shared: Arc<Shared>,
     queued: Receiver<E::Item>,
     warner: Warner,
@@ -435,46 +462,69 @@ impl<E: BatchExport> ExportWorker<E> {
 
     /// Exports, in batches, what was queued when it was called (so a flush ends under
     /// sustained load): only full batches when `full_only` (a batch-ready signal), everything
-    /// otherwise. Returns the first failure, and whether a full batch is waiting now.
+    /// otherwise; up to the exporter's concurrency at a time. Returns the first failure, and
+    /// whether a full batch is waiting now.
     fn export_available(&mut self, full_only: bool) -> (OTelSdkResult, bool) {
-        let mut result = Ok(());
+        let first_failure: Mutex<OTelSdkResult> = Mutex::new(Ok(()));
         let mut budget = self.shared.pending.load(Ordering::Acquire);
-        while budget > 0 {
+        let mut drained = false;
+        while budget > 0 && !drained {
             if self.shared.abandoned.load(Ordering::Acquire)
                 || (full_only && budget < self.batch_size)
             {
                 break;
             }
-            let want = budget.min(self.batch_size);
-            let mut batch = Vec::with_capacity(want);
-            while batch.len() < want {
-                match self.queued.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+            let mut batches = Vec::new();
+            while batches.len() < self.concurrency && budget > 0 {
+                if full_only && budget < self.batch_size {
+                    break;
+                }
+                let want = budget.min(self.batch_size);
+                let mut batch = Vec::with_capacity(want);
+                while batch.len() < want {
+                    match self.queued.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let taken = batch.len();
+                if taken < want {
+                    drained = true;
+                }
+                if taken == 0 {
+                    break;
+                }
+                budget = budget.saturating_sub(taken);
+                let _ =
+                    self.shared
+                        .pending
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                            Some(p.saturating_sub(taken))
+                        });
+                self.shared.in_flight.fetch_add(taken, Ordering::AcqRel);
+                batches.push(batch);
+                if drained {
+                    break;
                 }
             }
-            if batch.is_empty() {
+            if batches.is_empty() {
                 break;
             }
-            let taken = batch.len();
-            budget = budget.saturating_sub(taken);
-            let _ = self
-                .shared
-                .pending
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                    Some(p.saturating_sub(taken))
-                });
-            self.shared.in_flight.store(taken, Ordering::Release);
-            let exported = self.exporter.export(batch);
-            self.shared.settle_in_flight(&exported);
-            if result.is_ok() {
-                result = exported;
-            }
-            if taken < want {
-                break;
-            }
+            let shared = &self.shared;
+            let failure = &first_failure;
+            self.exporter.export_all(batches, &|size, result| {
+                shared.settle(size, result);
+                if let (Err(error), Ok(mut first)) = (result, failure.lock())
+                    && first.is_ok()
+                {
+                    *first = Err(OTelSdkError::InternalFailure(error.to_string()));
+                }
+            });
         }
         let more = self.shared.pending.load(Ordering::Acquire) >= self.batch_size;
+        let result = first_failure
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         (result, more)
     }
 }

@@ -78,6 +78,7 @@ impl CountingBatchLogProcessor {
                 max_export_batch_size: 512,
                 scheduled_delay: Duration::from_secs(1),
                 export_timeout,
+                max_concurrent_exports: 1,
             },
             QueueNames {
                 items: "log records",

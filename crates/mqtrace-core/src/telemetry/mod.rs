@@ -8,6 +8,7 @@
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling ([`Sampling`]; default `parentbased_traceidratio` 1.0) |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]; queue default 16,384) |
 //! | `OTEL_BSP_EXPORT_TIMEOUT` | longest a flush or the shutdown waits (default 5000 ms), and one OTLP request unless `OTEL_EXPORTER_OTLP_TIMEOUT` is set |
+//! | `OTEL_BSP_MAX_CONCURRENT_EXPORTS` | OTLP/HTTP span export requests in flight at once (default 4) |
 //! | `OTEL_BLRP_MAX_QUEUE_SIZE` | log record export queue (default 2048) |
 //! | `OTEL_SDK_DISABLED` | `true`: record and export nothing |
 //! | `MQTRACE_TELEMETRY_DIR` | where the files go (default `./telemetry`) |
@@ -32,7 +33,9 @@ mod export_queue;
 pub mod file;
 mod log_queue;
 mod metric_export;
+mod otlp_http;
 mod otlp_json;
+mod otlp_proto;
 mod span_queue;
 mod stats;
 
@@ -361,6 +364,7 @@ fn providers(
     config: &TelemetryConfig,
     accounts: &mut Accounts,
     spans: impl SpanExporter + 'static,
+    concurrent_spans: bool,
     metrics: impl PushMetricExporter,
     logs: impl LogExporter + 'static,
 ) -> Providers {
@@ -377,8 +381,13 @@ fn providers(
         )
         .build();
     let meter = meter_provider.meter_with_scope(crate::instrumentation::scope());
-    let span_processor =
-        CountingBatchSpanProcessor::with_warnings(spans, config.span_batch(), &meter, warnings);
+    let span_processor = CountingBatchSpanProcessor::with_warnings(
+        spans,
+        concurrent_spans,
+        config.span_batch(),
+        &meter,
+        warnings,
+    );
     accounts.spans = span_processor.counters();
     let tracer_provider = SdkTracerProvider::builder()
         .with_resource(resource.clone())
@@ -409,7 +418,7 @@ fn file_providers(
     let spans = file::FileSpanExporter::create(dir.join("traces.jsonl"))?;
     let metrics = file::FileMetricExporter::create(dir.join("metrics.jsonl"))?;
     let logs = file::FileLogExporter::create(dir.join("logs.jsonl"))?;
-    Ok(providers(config, accounts, spans, metrics, logs))
+    Ok(providers(config, accounts, spans, false, metrics, logs))
 }
 
 fn otlp_providers(
@@ -442,14 +451,16 @@ fn otlp_providers(
                 return Err(Error::NoTokioRuntime);
             }
             (
-                timed(
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint),
-                    request_timeout,
-                )
-                .build()
-                .map_err(failed("traces"))?,
+                OtlpSpanExporter::Sdk(
+                    timed(
+                        opentelemetry_otlp::SpanExporter::builder()
+                            .with_tonic()
+                            .with_endpoint(endpoint),
+                        request_timeout,
+                    )
+                    .build()
+                    .map_err(failed("traces"))?,
+                ),
                 timed(
                     opentelemetry_otlp::MetricExporter::builder()
                         .with_tonic()
@@ -470,15 +481,30 @@ fn otlp_providers(
         }
         OtlpProtocol::HttpProtobuf => {
             let base = endpoint.trim_end_matches('/');
-            (
-                timed(
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_endpoint(format!("{base}/v1/traces")),
-                    request_timeout,
+            let traces = format!("{base}/v1/traces");
+            // mqtrace's own exporter (no protobuf structs per batch), unless compression is
+            // asked for, which only the SDK's implements.
+            let spans = if config.otlp_compression() {
+                OtlpSpanExporter::Sdk(
+                    timed(
+                        opentelemetry_otlp::SpanExporter::builder()
+                            .with_http()
+                            .with_endpoint(traces),
+                        request_timeout,
+                    )
+                    .build()
+                    .map_err(failed("traces"))?,
                 )
-                .build()
-                .map_err(failed("traces"))?,
+            } else {
+                let headers = otlp_http::headers_from(|name| config.otlp_header_variable(name))?;
+                OtlpSpanExporter::Http(otlp_http::OtlpHttpSpanExporter::new(
+                    traces,
+                    config.otlp_traces_timeout(),
+                    headers,
+                )?)
+            };
+            (
+                spans,
                 timed(
                     opentelemetry_otlp::MetricExporter::builder()
                         .with_http()
@@ -498,5 +524,42 @@ fn otlp_providers(
             )
         }
     };
-    Ok(providers(config, accounts, spans, metrics, logs))
+    let concurrent = matches!(spans, OtlpSpanExporter::Http(_));
+    Ok(providers(
+        config, accounts, spans, concurrent, metrics, logs,
+    ))
+}
+
+/// The OTLP span exporter in use: mqtrace's OTLP/HTTP one, or `opentelemetry-otlp`'s
+/// (gRPC, or HTTP with compression).
+#[derive(Debug)]
+enum OtlpSpanExporter {
+    Sdk(opentelemetry_otlp::SpanExporter),
+    Http(otlp_http::OtlpHttpSpanExporter),
+}
+
+impl SpanExporter for OtlpSpanExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            Self::Sdk(e) => e.export(batch).await,
+            Self::Http(e) => e.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        match self {
+            Self::Sdk(e) => e.shutdown_with_timeout(timeout),
+            Self::Http(e) => e.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Self::Sdk(e) => e.set_resource(resource),
+            Self::Http(e) => e.set_resource(resource),
+        }
+    }
 }

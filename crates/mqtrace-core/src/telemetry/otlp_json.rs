@@ -429,7 +429,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::borrow::Cow;
     use std::time::Duration;
@@ -483,6 +483,11 @@ mod tests {
         }
     }
 
+    /// A resource with a schema URL and attributes of two types.
+    pub(crate) fn sample_resource() -> Resource {
+        resource()
+    }
+
     fn resource() -> Resource {
         Resource::builder_empty()
             .with_attributes([
@@ -514,8 +519,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", String::from_utf8_lossy(&out)))
     }
 
-    #[test]
-    fn matches_the_protobuf_serde_encoding() {
+    /// Spans of two scopes with every attribute type, events, links, statuses and ids.
+    pub(crate) fn sample_spans() -> Vec<SpanData> {
         let mqtrace = InstrumentationScope::builder("mqtrace")
             .with_version("0.1.0")
             .with_schema_url("https://opentelemetry.io/schemas/1.44.0")
@@ -547,12 +552,17 @@ mod tests {
         let mut unset = span("send replies", &app, vec![]);
         unset.status = Status::Unset;
         unset.span_kind = SpanKind::Producer;
-        let spans = vec![
+        vec![
             root,
             unset,
             span("model.execute", &mqtrace, attrs),
             span("e", &app, vec![]),
-        ];
+        ]
+    }
+
+    #[test]
+    fn matches_the_protobuf_serde_encoding() {
+        let spans = sample_spans();
         let resource = resource();
         assert_eq!(
             direct(&spans, &resource),

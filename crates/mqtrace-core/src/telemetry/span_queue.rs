@@ -47,6 +47,10 @@ pub struct SpanBatchSettings {
     /// for the exporter (and, unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise, the
     /// longest one OTLP request may take). What is still unexported then is counted as lost.
     pub export_timeout: Duration,
+    /// `OTEL_BSP_MAX_CONCURRENT_EXPORTS` (default 4): export requests in flight at once, for
+    /// exporters that allow it — mqtrace's OTLP/HTTP exporter does; the file exporter and
+    /// `opentelemetry-otlp`'s exporters are always called one batch at a time.
+    pub max_concurrent_exports: usize,
 }
 
 /// The default span queue size (see [`SpanBatchSettings`]).
@@ -59,6 +63,7 @@ impl Default for SpanBatchSettings {
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(5000),
             export_timeout: Duration::from_millis(5000),
+            max_concurrent_exports: 4,
         }
     }
 }
@@ -88,32 +93,88 @@ impl SpanBatchSettings {
         self
     }
 
-    pub(crate) fn queue_settings(&self) -> QueueSettings {
+    /// Sets how many export requests may be in flight at once (at least 1), for exporters
+    /// that allow it.
+    pub fn with_max_concurrent_exports(mut self, exports: usize) -> Self {
+        self.max_concurrent_exports = exports.max(1);
+        self
+    }
+
+    /// The queue's settings, with `concurrent` saying whether the exporter may be called from
+    /// several threads at once.
+    pub(crate) fn queue_settings(&self, concurrent: bool) -> QueueSettings {
         QueueSettings {
             max_queue_size: self.max_queue_size,
             max_export_batch_size: self.max_export_batch_size,
             scheduled_delay: self.scheduled_delay,
             export_timeout: self.export_timeout,
+            max_concurrent_exports: if concurrent {
+                self.max_concurrent_exports
+            } else {
+                1
+            },
         }
     }
 }
 
-/// A span exporter driven from the export thread.
-struct SpanExport<E>(E);
+/// A span exporter driven from the export thread; `concurrent` when it may be called from
+/// several threads at once (mqtrace's own OTLP/HTTP exporter), which the SDK's contract does
+/// not allow for exporters in general.
+struct SpanExport<E> {
+    exporter: E,
+    concurrent: bool,
+}
 
 impl<E: SpanExporter + 'static> BatchExport for SpanExport<E> {
     type Item = SpanData;
 
     fn export(&mut self, batch: Vec<SpanData>) -> OTelSdkResult {
-        futures_executor::block_on(self.0.export(batch))
+        futures_executor::block_on(self.exporter.export(batch))
+    }
+
+    fn export_all(
+        &mut self,
+        batches: Vec<Vec<SpanData>>,
+        done: &(dyn Fn(usize, &OTelSdkResult) + Sync),
+    ) {
+        if !self.concurrent || batches.len() < 2 {
+            for batch in batches {
+                let size = batch.len();
+                let result = self.export(batch);
+                done(size, &result);
+            }
+            return;
+        }
+        // One request per batch in flight at once; the threads live for one round (a few
+        // per thousand spans).
+        let exporter = &self.exporter;
+        std::thread::scope(|scope| {
+            for batch in batches {
+                let size = batch.len();
+                let spawned = std::thread::Builder::new()
+                    .name("mqtrace-span-send".into())
+                    .spawn_scoped(scope, move || {
+                        let result = futures_executor::block_on(exporter.export(batch));
+                        done(size, &result);
+                    });
+                if let Err(error) = spawned {
+                    done(
+                        size,
+                        &Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                            format!("no thread to export on: {error}"),
+                        )),
+                    );
+                }
+            }
+        });
     }
 
     fn shutdown(&mut self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        self.exporter.shutdown_with_timeout(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
+        self.exporter.set_resource(resource);
     }
 }
 
@@ -141,15 +202,18 @@ impl CountingBatchSpanProcessor {
     {
         Self::with_warnings(
             exporter,
+            false,
             settings,
             meter,
             LossWarnings(Some(Duration::from_secs(10))),
         )
     }
 
-    /// Starts the export thread, warning on stderr about drops as `warnings` says.
+    /// Starts the export thread, warning on stderr about drops as `warnings` says;
+    /// `concurrent` when `exporter` may be called from several threads at once.
     pub(crate) fn with_warnings<E>(
         exporter: E,
+        concurrent: bool,
         settings: SpanBatchSettings,
         meter: &Meter,
         warnings: LossWarnings,
@@ -159,8 +223,11 @@ impl CountingBatchSpanProcessor {
     {
         let counters = Arc::new(SignalCounters::default());
         let queue = ExportQueue::start(
-            SpanExport(exporter),
-            settings.queue_settings(),
+            SpanExport {
+                exporter,
+                concurrent,
+            },
+            settings.queue_settings(concurrent),
             QueueNames {
                 items: "spans",
                 queue_size_variable: "OTEL_BSP_MAX_QUEUE_SIZE",
@@ -444,5 +511,63 @@ mod tests {
         }
         let later = counters.snapshot();
         assert_eq!(later.exported + later.dropped(), 10, "{later:?}");
+    }
+
+    /// An exporter that records how many of its calls overlap; a call waits (up to 10 s) for
+    /// a second one to arrive, so overlap is seen whenever concurrency is allowed.
+    #[derive(Debug, Clone, Default)]
+    struct OverlapExporter {
+        state: Arc<(std::sync::Mutex<(usize, usize)>, std::sync::Condvar)>,
+        exported: Arc<AtomicUsize>,
+    }
+
+    impl SpanExporter for OverlapExporter {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            let (lock, arrived) = &*self.state;
+            let mut state = lock.lock().expect("lock");
+            state.0 += 1;
+            state.1 = state.1.max(state.0);
+            arrived.notify_all();
+            let (mut state, _) = arrived
+                .wait_timeout_while(state, Duration::from_secs(10), |s| s.1 < 2)
+                .expect("wait");
+            state.0 -= 1;
+            self.exported.fetch_add(batch.len(), Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_exporter_that_allows_it_gets_several_batches_at_once() {
+        let exporter = OverlapExporter::default();
+        let meters = SdkMeterProvider::builder().build();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "test");
+        let settings = SpanBatchSettings::default()
+            .with_max_export_batch_size(4)
+            .with_max_concurrent_exports(3);
+        let processor = CountingBatchSpanProcessor::with_warnings(
+            exporter.clone(),
+            true,
+            settings,
+            &meter,
+            LossWarnings(None),
+        );
+        let counters = processor.counters();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        let tracer = provider.tracer("t");
+        for _ in 0..40 {
+            tracer.start("s").end();
+        }
+        provider.force_flush().expect("flush");
+        let overlap = exporter.state.0.lock().expect("lock").1;
+        assert!(
+            overlap >= 2,
+            "batches were exported one at a time ({overlap})"
+        );
+        assert!(overlap <= 3, "more in flight than allowed ({overlap})");
+        assert_eq!(counters.snapshot().exported, 40);
+        assert_eq!(exporter.exported.load(Ordering::SeqCst), 40);
     }
 }

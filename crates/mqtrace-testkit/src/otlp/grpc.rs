@@ -102,7 +102,7 @@ impl TraceService for Sink {
         if !self.shared.admit().await {
             return Err(unavailable());
         }
-        let spans = flatten_spans(Protocol::Grpc, request.get_ref());
+        let spans = flatten_spans(Protocol::Grpc, request.into_inner());
         self.shared.keep(|store| store.spans.extend(spans));
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
@@ -117,7 +117,7 @@ impl MetricsService for Sink {
         if !self.shared.admit().await {
             return Err(unavailable());
         }
-        let metrics = flatten_metrics(Protocol::Grpc, request.get_ref());
+        let metrics = flatten_metrics(Protocol::Grpc, request.into_inner());
         self.shared.keep(|store| store.metrics.extend(metrics));
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -132,7 +132,7 @@ impl LogsService for Sink {
         if !self.shared.admit().await {
             return Err(unavailable());
         }
-        let logs = flatten_logs(Protocol::Grpc, request.get_ref());
+        let logs = flatten_logs(Protocol::Grpc, request.into_inner());
         self.shared.keep(|store| store.logs.extend(logs));
         Ok(Response::new(ExportLogsServiceResponse::default()))
     }

@@ -79,17 +79,17 @@ impl Server {
         }
         let accepted = match signal {
             Signal::Traces => ExportTraceServiceRequest::decode(body).map(|r| {
-                let spans = flatten_spans(Protocol::HttpProtobuf, &r);
+                let spans = flatten_spans(Protocol::HttpProtobuf, r);
                 self.shared.keep(|store| store.spans.extend(spans));
                 ExportTraceServiceResponse::default().encode_to_vec()
             }),
             Signal::Metrics => ExportMetricsServiceRequest::decode(body).map(|r| {
-                let metrics = flatten_metrics(Protocol::HttpProtobuf, &r);
+                let metrics = flatten_metrics(Protocol::HttpProtobuf, r);
                 self.shared.keep(|store| store.metrics.extend(metrics));
                 ExportMetricsServiceResponse::default().encode_to_vec()
             }),
             Signal::Logs => ExportLogsServiceRequest::decode(body).map(|r| {
-                let logs = flatten_logs(Protocol::HttpProtobuf, &r);
+                let logs = flatten_logs(Protocol::HttpProtobuf, r);
                 self.shared.keep(|store| store.logs.extend(logs));
                 ExportLogsServiceResponse::default().encode_to_vec()
             }),

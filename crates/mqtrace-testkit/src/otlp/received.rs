@@ -331,15 +331,17 @@ fn attribute_map(attributes: &[KeyValue]) -> BTreeMap<String, String> {
 
 pub(super) fn flatten_spans(
     protocol: Protocol,
-    request: &ExportTraceServiceRequest,
+    request: ExportTraceServiceRequest,
 ) -> Vec<ReceivedSpan> {
+    // Spans are moved out of the decoded request, not copied: a receiver that copies every
+    // span falls behind a busy exporter on a small machine.
     let mut out = Vec::new();
-    for rs in &request.resource_spans {
-        for ss in &rs.scope_spans {
+    for rs in request.resource_spans {
+        for ss in rs.scope_spans {
             let origin = Origin::new(protocol, rs.resource.as_ref(), ss.scope.as_ref());
-            out.extend(ss.spans.iter().map(|span| ReceivedSpan {
+            out.extend(ss.spans.into_iter().map(|span| ReceivedSpan {
                 origin: origin.clone(),
-                span: span.clone(),
+                span,
             }));
         }
     }
@@ -348,15 +350,15 @@ pub(super) fn flatten_spans(
 
 pub(super) fn flatten_metrics(
     protocol: Protocol,
-    request: &ExportMetricsServiceRequest,
+    request: ExportMetricsServiceRequest,
 ) -> Vec<ReceivedMetric> {
     let mut out = Vec::new();
-    for rm in &request.resource_metrics {
-        for sm in &rm.scope_metrics {
+    for rm in request.resource_metrics {
+        for sm in rm.scope_metrics {
             let origin = Origin::new(protocol, rm.resource.as_ref(), sm.scope.as_ref());
-            out.extend(sm.metrics.iter().map(|metric| ReceivedMetric {
+            out.extend(sm.metrics.into_iter().map(|metric| ReceivedMetric {
                 origin: origin.clone(),
-                metric: metric.clone(),
+                metric,
             }));
         }
     }
@@ -365,15 +367,15 @@ pub(super) fn flatten_metrics(
 
 pub(super) fn flatten_logs(
     protocol: Protocol,
-    request: &ExportLogsServiceRequest,
+    request: ExportLogsServiceRequest,
 ) -> Vec<ReceivedLog> {
     let mut out = Vec::new();
-    for rl in &request.resource_logs {
-        for sl in &rl.scope_logs {
+    for rl in request.resource_logs {
+        for sl in rl.scope_logs {
             let origin = Origin::new(protocol, rl.resource.as_ref(), sl.scope.as_ref());
-            out.extend(sl.log_records.iter().map(|record| ReceivedLog {
+            out.extend(sl.log_records.into_iter().map(|record| ReceivedLog {
                 origin: origin.clone(),
-                record: record.clone(),
+                record,
             }));
         }
     }
@@ -456,7 +458,7 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let spans = flatten_spans(Protocol::Grpc, &request);
+        let spans = flatten_spans(Protocol::Grpc, request);
         assert_eq!(spans.len(), 2);
         assert_eq!(
             spans[1].origin.resource_attr("service.name").as_deref(),
