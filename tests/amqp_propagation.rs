@@ -461,3 +461,90 @@ async fn w3c_cases_survive_amqp_transport_as_strings_and_bytes() {
         failures.join("\n")
     );
 }
+
+/// A foreign publisher's context with the W3C Level 2 random flag keeps it through a consumer
+/// whose sampler drops the process span (`02`: random, not sampled) as through one that
+/// records it (`03`): what the handler publishes onward carries the incoming trace id, the
+/// flags and the tracestate, under the forwarding send span's own id. (The SDK alone would
+/// send `00` onward for `02`.)
+#[tokio::test]
+async fn random_flag_survives_unsampled_and_sampled_hops() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const INCOMING_PARENT: &str = "b7ad6b7169203331";
+    const TRACESTATE: &str = "congo=t61rcWkgMzE";
+    const FLAGS: [&str; 4] = ["02", "03", "00", "01"];
+    let h = AmqpHarness::new("random-in").await;
+    let out_queue = h.rabbit.declare_queue("random-out").await.expect("queue");
+    let publisher = h.publisher().await;
+    let mut consumer = h.consumer().await;
+    let mut downstream = h.consumer_of(&out_queue).await;
+    for flags in FLAGS {
+        let traceparent = format!("00-{TRACE_ID}-{INCOMING_PARENT}-{flags}");
+        h.publish_raw(vec![
+            (
+                "traceparent",
+                AMQPValue::LongString(LongString::from(traceparent.as_str())),
+            ),
+            (
+                "tracestate",
+                AMQPValue::ByteArray(ByteArray::from(TRACESTATE.as_bytes())),
+            ),
+        ])
+        .await;
+    }
+
+    for flags in FLAGS {
+        let delivery = next(&mut consumer).await;
+        let incoming = delivery.extracted().remote_span_context().expect("context");
+        assert_eq!(format!("{:02x}", incoming.trace_flags().to_u8()), flags);
+        consumer
+            .process(&delivery, async {
+                publisher
+                    .publish(
+                        "",
+                        &out_queue,
+                        BasicPublishOptions::default(),
+                        b"forwarded",
+                        BasicProperties::default(),
+                    )
+                    .await
+            })
+            .await
+            .expect("published onward");
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+
+        let forwarded = next(&mut downstream).await;
+        let headers = forwarded.properties.headers().clone().expect("headers");
+        let header = |key: &str| match headers.inner().get(key) {
+            Some(AMQPValue::LongString(value)) => {
+                Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ByteArray(value)) => {
+                Some(String::from_utf8_lossy(value.as_slice()).into_owned())
+            }
+            _ => None,
+        };
+        let traceparent = header("traceparent").expect("a traceparent is sent onward");
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        assert_eq!(fields[1], TRACE_ID, "{flags}: the trace continues");
+        assert_ne!(
+            fields[2], INCOMING_PARENT,
+            "{flags}: the send span's own id"
+        );
+        assert_eq!(fields[3], flags, "{flags} in, {traceparent} out");
+        assert_eq!(header("tracestate").as_deref(), Some(TRACESTATE), "{flags}");
+    }
+
+    // The sampled hops are exported with their flags; the unsampled ones export nothing.
+    let spans = h.capture.spans();
+    for name in [format!("process {}", h.queue), format!("send {out_queue}")] {
+        let mut exported: Vec<u8> = spans
+            .named(&name)
+            .iter()
+            .map(|span| span.span_context.trace_flags().to_u8())
+            .collect();
+        exported.sort_unstable();
+        assert_eq!(exported, [0x01, 0x03], "{name}");
+    }
+}

@@ -70,6 +70,23 @@ fn value() -> impl Strategy<Value = Option<Vec<u8>>> {
     ]
 }
 
+/// A `tracestate` member whose key is built around `@`: tenant and system ids that may be
+/// empty, and up to three `@`.
+fn tracestate_member() -> impl Strategy<Value = String> {
+    let id = "[a-z0-9][a-z0-9_*/-]{0,4}|";
+    (
+        id,
+        proptest::collection::vec(("@{1,2}", id), 0..3),
+        "[!-+--<>-~]{1,6}",
+    )
+        .prop_map(|(first, rest, value)| {
+            let key: String = rest
+                .into_iter()
+                .fold(first, |key, (at, id)| key + &at + &id);
+            format!("{key}={value}")
+        })
+}
+
 fn headers() -> impl Strategy<Value = Model> {
     proptest::collection::vec((key(), value()), 0..12)
 }
@@ -182,6 +199,25 @@ proptest! {
             .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
             .collect();
         check_merge(&model, &injected, &after, &cx, true);
+    }
+
+    #[test]
+    fn tracestate_is_kept_or_discarded_as_the_oracle_says(
+        members in proptest::collection::vec(tracestate_member(), 0..6),
+        seed in any::<u64>(),
+        encodings in proptest::collection::vec(any::<u8>(), 1..4),
+    ) {
+        // A valid traceparent and a tracestate whose keys put "@" anywhere, zero to three
+        // times: the oracle decides, independently of mqtrace's parser, what is re-injected.
+        let traceparent = format!("00-{:032x}-{:016x}-01", u128::from(seed) << 64 | 1, seed | 1);
+        let model: Model = vec![
+            (b"traceparent".to_vec(), Some(traceparent.into_bytes())),
+            (b"tracestate".to_vec(), Some(members.join(",").into_bytes())),
+        ];
+        let (headers, stored) = kafka_headers(&model);
+        check_extraction(&KafkaHeaders(&headers), &stored);
+        let (table, table_model) = amqp_table(&model, &encodings);
+        check_extraction(&AmqpHeaders(&table), &table_model);
     }
 
     #[test]

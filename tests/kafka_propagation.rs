@@ -466,3 +466,87 @@ async fn metrics_have_semconv_names_units_and_attributes() {
         }
     }
 }
+
+/// A foreign producer's context with the W3C Level 2 random flag keeps it through a consumer
+/// whose sampler drops the process span (`02`: random, not sampled) as through one that
+/// records it (`03`): what the handler forwards carries the incoming trace id, the flags and
+/// the tracestate, under the forwarding send span's own id. (The SDK alone would send `00`
+/// onward for `02`.)
+#[tokio::test]
+async fn random_flag_survives_unsampled_and_sampled_hops() {
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const INCOMING_PARENT: &str = "b7ad6b7169203331";
+    const TRACESTATE: &str = "congo=t61rcWkgMzE";
+    const FLAGS: [&str; 4] = ["02", "03", "00", "01"];
+    let h = Harness::new("random-in").await;
+    let out_topic = h.kafka.create_topic("random-out", 1).await.expect("topic");
+    let producer = h.producer();
+    let consumer = h.consumer();
+    let downstream = h.consumer_of(&out_topic);
+    for flags in FLAGS {
+        let traceparent = format!("00-{TRACE_ID}-{INCOMING_PARENT}-{flags}");
+        h.send_raw(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "traceparent",
+                    value: Some(&traceparent),
+                })
+                .insert(Header {
+                    key: "tracestate",
+                    value: Some(TRACESTATE),
+                }),
+        )
+        .await;
+    }
+
+    for flags in FLAGS {
+        let message = recv(&consumer).await;
+        let incoming = message.extracted().remote_span_context().expect("context");
+        assert_eq!(format!("{:02x}", incoming.trace_flags().to_u8()), flags);
+        consumer
+            .process(&message, async {
+                producer
+                    .send(
+                        FutureRecord::<str, str>::to(&out_topic).payload("forwarded"),
+                        TIMEOUT,
+                    )
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .expect("forwarded");
+
+        let forwarded = recv(&downstream).await;
+        let header = |key: &str| {
+            forwarded.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == key)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let traceparent = header("traceparent").expect("a traceparent is sent onward");
+        let fields: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(fields.len(), 4, "{traceparent}");
+        assert_eq!(fields[1], TRACE_ID, "{flags}: the trace continues");
+        assert_ne!(
+            fields[2], INCOMING_PARENT,
+            "{flags}: the send span's own id"
+        );
+        assert_eq!(fields[3], flags, "{flags} in, {traceparent} out");
+        assert_eq!(header("tracestate").as_deref(), Some(TRACESTATE), "{flags}");
+    }
+
+    // The sampled hops are exported with their flags; the unsampled ones export nothing.
+    let spans = h.capture.spans();
+    for name in [format!("process {}", h.topic), format!("send {out_topic}")] {
+        let mut exported: Vec<u8> = spans
+            .named(&name)
+            .iter()
+            .map(|span| span.span_context.trace_flags().to_u8())
+            .collect();
+        exported.sort_unstable();
+        assert_eq!(exported, [0x01, 0x03], "{name}");
+    }
+}

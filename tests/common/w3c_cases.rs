@@ -152,6 +152,30 @@ pub const CASES: &[Case] = &[
         tracestate: Some("tenant@system=1,1tenant@vendor=2,t@abcdefghijklmn=3"),
     },
     Case {
+        name: "tracestate_empty_system_id_discarded",
+        headers: &[("traceparent", TP), ("tracestate", "foo@=1,bar=2")],
+        traceparent: Some(TP),
+        tracestate: None,
+    },
+    Case {
+        name: "tracestate_empty_tenant_id_discarded",
+        headers: &[("traceparent", TP), ("tracestate", "@foo=1,bar=2")],
+        traceparent: Some(TP),
+        tracestate: None,
+    },
+    Case {
+        name: "tracestate_double_at_discarded",
+        headers: &[("traceparent", TP), ("tracestate", "foo@@bar=1,bar=2")],
+        traceparent: Some(TP),
+        tracestate: None,
+    },
+    Case {
+        name: "tracestate_two_at_signs_discarded",
+        headers: &[("traceparent", TP), ("tracestate", "foo@bar@baz=1,bar=2")],
+        traceparent: Some(TP),
+        tracestate: None,
+    },
+    Case {
         name: "tracestate_duplicate_key_first_kept",
         headers: &[("traceparent", TP), ("tracestate", "foo=1,bar=2,foo=3")],
         traceparent: Some(TP),

@@ -19,6 +19,7 @@ use crate::instrumentation::Instrumentation;
 use crate::metrics::MessagingMetrics;
 use crate::propagation::Extracted;
 use crate::semconv;
+use crate::trace_context::RANDOM_FLAG;
 
 /// The kind of messaging operation (`messaging.operation.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -514,7 +515,7 @@ impl MessagingSpanBuilder {
         }
         let span = span_builder.start_with_context(tracer, parent);
         MessagingSpan {
-            cx: parent.with_span(span),
+            cx: with_span_keeping_random(parent, span),
             started: clock,
             operation_type: self.operation_type,
             metric_attributes,
@@ -522,6 +523,71 @@ impl MessagingSpanBuilder {
             metrics: Some(instrumentation.metrics_arc()),
         }
     }
+}
+
+/// `parent` with `span` active, the W3C Level 2 *random* flag of the trace kept.
+///
+/// OpenTelemetry's SDK (0.33.1) gives a span its sampler drops the flags `00`, whatever the
+/// trace it continues carries, so a `02` (random, not sampled) context would leave the
+/// process as `00` (upstream: open-telemetry/opentelemetry-rust#3270). The specification
+/// asks that the flag stay as long as the trace id does. When `span` does not record and
+/// continues `parent`'s trace without the random flag `parent` has, the context carries
+/// `span`'s span context with that flag set instead of `span` itself: a dropped SDK span
+/// records nothing and exports nothing, so only its context is kept, and that costs one
+/// allocation fewer than the boxed span. Any other span is put in the context unchanged.
+///
+/// mqtrace's messaging spans go through this; use it for your own spans that carry a
+/// message's context onward.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::span::with_span_keeping_random;
+/// use opentelemetry::trace::{
+///     Span, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+///     TracerProvider,
+/// };
+/// use opentelemetry::Context;
+/// use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+///
+/// let provider = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOff).build();
+/// let tracer = provider.tracer("example");
+/// let parent = Context::new().with_remote_span_context(SpanContext::new(
+///     TraceId::from(0x0af7651916cd43dd8448eb211c80319c),
+///     SpanId::from(0xb7ad6b7169203331),
+///     TraceFlags::new(0x02),
+///     true,
+///     TraceState::NONE,
+/// ));
+/// let span = tracer.start_with_context("process orders", &parent);
+/// assert_eq!(span.span_context().trace_flags(), TraceFlags::new(0x00)); // the SDK's flags
+/// let cx = with_span_keeping_random(&parent, span);
+/// assert_eq!(cx.span().span_context().trace_flags(), TraceFlags::new(0x02));
+/// ```
+pub fn with_span_keeping_random<S>(parent: &Context, span: S) -> Context
+where
+    S: opentelemetry::trace::Span + Send + Sync + 'static,
+{
+    if !span.is_recording() {
+        let parent_span = parent.span();
+        let continued = parent_span.span_context();
+        let random = continued.trace_flags() & RANDOM_FLAG;
+        let sc = span.span_context();
+        if random == RANDOM_FLAG
+            && sc.trace_flags() & RANDOM_FLAG != RANDOM_FLAG
+            && sc.is_valid()
+            && sc.trace_id() == continued.trace_id()
+        {
+            return parent.with_remote_span_context(SpanContext::new(
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags() | random,
+                false,
+                sc.trace_state().clone(),
+            ));
+        }
+    }
+    parent.with_span(span)
 }
 
 /// A started messaging span. End it with [`MessagingSpan::end`] or
@@ -722,6 +788,144 @@ mod tests {
         assert_eq!(again.as_str(), orders.as_str());
         let hit = destination_name("orders");
         assert!(std::ptr::eq(again.as_str(), hit.as_str()));
+    }
+
+    mod random_flag {
+        use super::*;
+        use crate::propagation::Propagation;
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+
+        const TRACE: u128 = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c;
+        const PARENT: u64 = 0xb7ad_6b71_6920_3331;
+
+        fn instrumentation(sampler: Sampler) -> (SdkTracerProvider, Instrumentation) {
+            let provider = SdkTracerProvider::builder().with_sampler(sampler).build();
+            let instrumentation = Instrumentation::builder()
+                .with_tracer_provider(&provider)
+                .build();
+            (provider, instrumentation)
+        }
+
+        fn remote(flags: u8) -> Context {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(TRACE),
+                SpanId::from(PARENT),
+                TraceFlags::new(flags),
+                true,
+                TraceState::from_key_value([("congo", "t61rcWkgMzE")]).expect("valid"),
+            ))
+        }
+
+        /// The `traceparent` flags and `tracestate` a span's context injects.
+        fn injected(cx: &Context) -> (String, String) {
+            let injected = Propagation::global().inject(cx);
+            let get = |key: &str| {
+                injected
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_owned())
+                    .unwrap_or_default()
+            };
+            let traceparent = get("traceparent");
+            let flags = traceparent
+                .rsplit('-')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            (flags, get("tracestate"))
+        }
+
+        fn process(instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
+            MessagingSpanBuilder::new("kafka", OperationType::Process, "process")
+                .with_destination("orders")
+                .start(instrumentation, parent)
+        }
+
+        fn send(instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
+            MessagingSpanBuilder::new("kafka", OperationType::Send, "send")
+                .with_destination("replies")
+                .start(instrumentation, parent)
+        }
+
+        #[test]
+        fn random_unsampled_context_stays_random_through_process_and_send() {
+            let (_provider, instrumentation) =
+                instrumentation(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let process = process(&instrumentation, &remote(0x02));
+            let sc = process.span_context();
+            assert!(!process.context().span().is_recording());
+            assert_eq!(sc.trace_flags(), TraceFlags::new(0x02));
+            assert_eq!(sc.trace_id(), TraceId::from(TRACE));
+            assert_ne!(
+                sc.span_id(),
+                SpanId::from(PARENT),
+                "the process span's own id"
+            );
+            assert!(!sc.is_remote());
+            assert_eq!(
+                injected(process.context()),
+                ("02".to_owned(), "congo=t61rcWkgMzE".to_owned())
+            );
+            let reply = send(&instrumentation, process.context());
+            assert_eq!(reply.span_context().trace_flags(), TraceFlags::new(0x02));
+            assert_eq!(injected(reply.context()).0, "02");
+            reply.end();
+            process.end();
+        }
+
+        #[test]
+        fn random_sampled_context_stays_random_and_sampled() {
+            let (_provider, instrumentation) =
+                instrumentation(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let process = process(&instrumentation, &remote(0x03));
+            assert!(process.context().span().is_recording());
+            assert_eq!(injected(process.context()).0, "03");
+            let reply = send(&instrumentation, process.context());
+            assert_eq!(injected(reply.context()).0, "03");
+        }
+
+        #[test]
+        fn a_local_drop_clears_sampled_and_keeps_random() {
+            let (_provider, instrumentation) = instrumentation(Sampler::AlwaysOff);
+            let process = process(&instrumentation, &remote(0x03));
+            assert_eq!(injected(process.context()).0, "02");
+            let reply = send(&instrumentation, process.context());
+            assert_eq!(injected(reply.context()).0, "02");
+        }
+
+        #[test]
+        fn unsampled_context_without_random_stays_00() {
+            let (_provider, instrumentation) =
+                instrumentation(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let process = process(&instrumentation, &remote(0x00));
+            assert_eq!(injected(process.context()).0, "00");
+        }
+
+        #[test]
+        fn a_new_trace_does_not_inherit_the_random_flag_of_the_one_it_links_to() {
+            // ParentMode::Link: the process span roots a new trace id; the random flag said
+            // something about the producer's trace id only.
+            let (_provider, instrumentation) = instrumentation(Sampler::AlwaysOff);
+            let process = process(&instrumentation, &Context::new());
+            let sc = process.span_context();
+            assert_ne!(sc.trace_id(), TraceId::from(TRACE));
+            assert_eq!(sc.trace_flags(), TraceFlags::new(0x00));
+        }
+
+        #[test]
+        fn local_roots_carry_no_random_flag_sampled_or_not() {
+            // mqtrace's local roots take the SDK's flags: 01 sampled, 00 not. Neither sets the
+            // random flag (the SDK 0.33.1 never does for a new trace id), so an unsampled root
+            // stays consistent with a sampled one.
+            let (_on, sampled) = instrumentation(Sampler::AlwaysOn);
+            let (_off, unsampled) = instrumentation(Sampler::AlwaysOff);
+            let root = send(&sampled, &Context::new());
+            assert_eq!(root.span_context().trace_flags(), TraceFlags::SAMPLED);
+            let root = send(&unsampled, &Context::new());
+            assert_eq!(root.span_context().trace_flags(), TraceFlags::NOT_SAMPLED);
+            assert_eq!(injected(root.context()).0, "00");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! OpenTelemetry's SDK `TraceContextPropagator` is lenient where the W3C test suite is not:
 //! it accepts trailing dashes, uppercase or wrong-length versions, short ids (left-padded)
 //! and one- or three-digit flags; it drops the Level 2 *random* flag; and on `tracestate` it
-//! keeps the first 32 of 33 members instead of discarding the header, accepts `foo=,bar=3`,
-//! and rejects valid Level 2 keys (14 or more characters after `@`, several `@`). The
+//! keeps the first 32 of 33 members instead of discarding the header, accepts `foo=,bar=3`
+//! and `foo@=1`, and rejects valid Level 2 keys (14 or more characters after `@`). The
 //! W3C test suite's cases, ported in `tests/w3c_trace_context_suite.rs`, pin each of these.
 //! [`W3cTraceContextPropagator`] gets each of these right:
 //!
@@ -14,13 +14,15 @@
 //!   all-zero trace or parent ids are invalid; the sampled and random flags are kept; leading
 //!   and trailing OWS (spaces, tabs) is ignored. Injection always writes canonical version
 //!   `00` with only the flags this version defines.
-//! - `tracestate`: the Level 2 key grammar (1–256 characters, first a lowercase letter or
-//!   digit, `@` allowed, so any `tenant@system` split), values of 1–256 allowed characters,
-//!   OWS around members, empty members skipped, at most 32 members, a repeated key dropped
-//!   (the first entry kept). An invalid `tracestate` is discarded while the `traceparent` is
-//!   kept. Entries OpenTelemetry's `TraceState` type cannot hold (e.g. more than 13
-//!   characters after `@`, or two `@`) are carried in the context unchanged and re-injected
-//!   as received.
+//! - `tracestate`: keys of 1–256 characters, first a lowercase letter or digit, with at most
+//!   one `@` and then a non-empty tenant id before it and a non-empty system id after it
+//!   (`foo@=1`, `@foo=1`, `foo@@bar=1` and `foo@bar@baz=1` discard the header, as the W3C
+//!   test suite and the Go, .NET and Python implementations do), values of 1–256 allowed
+//!   characters, OWS around members, empty members skipped, at most 32 members, a repeated
+//!   key dropped (the first entry kept). An invalid `tracestate` is discarded while the
+//!   `traceparent` is kept. Entries OpenTelemetry's `TraceState` type cannot hold (e.g. more
+//!   than 13 characters after `@`) are carried in the context unchanged and re-injected as
+//!   received.
 //!
 //! ## Several occurrences of a header
 //!
@@ -135,15 +137,41 @@ fn is_key_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
 }
 
-/// Whether `key` is a valid `tracestate` key (Level 2 grammar): 1 to 256 characters, the
-/// first a lowercase letter or a digit, the rest lowercase letters, digits, `_`, `-`, `*`,
-/// `/` or `@` (so multi-tenant `tenant@system` keys of any split are valid).
+/// Whether `key` is a valid `tracestate` key: 1 to 256 characters, the first a lowercase
+/// letter or a digit, the rest lowercase letters, digits, `_`, `-`, `*`, `/` or `@`, with at
+/// most one `@`, which must have a tenant id before it and a system id after it
+/// (`tenant@system`). Keys with an empty tenant or system id or several `@` (`@foo`, `foo@`,
+/// `foo@@bar`, `foo@bar@baz`) are invalid, as the W3C test suite
+/// (`test_tracestate_key_illegal_vendor_format`) and the Go, .NET and Python implementations
+/// hold. Neither side has a length limit of its own beyond the key's 256 characters.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::trace_context::valid_tracestate_key;
+///
+/// assert!(valid_tracestate_key("congo"));
+/// assert!(valid_tracestate_key("1tenant@vendor"));
+/// assert!(!valid_tracestate_key("foo@"));
+/// assert!(!valid_tracestate_key("@foo"));
+/// assert!(!valid_tracestate_key("foo@@bar"));
+/// assert!(!valid_tracestate_key("foo@bar@baz"));
+/// ```
 pub fn valid_tracestate_key(key: &str) -> bool {
     let k = key.as_bytes();
-    !k.is_empty()
-        && k.len() <= 256
-        && (k[0].is_ascii_lowercase() || k[0].is_ascii_digit())
-        && k.iter().all(|&b| is_key_char(b) || b == b'@')
+    let (Some(&first), Some(&last)) = (k.first(), k.last()) else {
+        return false;
+    };
+    // One pass: every character allowed, at most one `@`. A leading `@` fails the first
+    // character's rule (empty tenant id), a trailing one the last's (empty system id).
+    let mut at_signs = 0_u8;
+    k.len() <= 256
+        && (first.is_ascii_lowercase() || first.is_ascii_digit())
+        && last != b'@'
+        && k.iter().all(|&b| {
+            at_signs += u8::from(b == b'@');
+            is_key_char(b) || (b == b'@' && at_signs == 1)
+        })
 }
 
 /// Whether `value` is a valid `tracestate` value: 1 to 256 printable ASCII characters other

@@ -75,3 +75,52 @@ fn parsing_valid_headers_allocates_nothing() {
         "tracestate extraction allocated {with_tracestate}, the context alone {traceparent_only}"
     );
 }
+
+/// Keeping the W3C random flag on a span the sampler drops costs no allocation: a process
+/// span continuing `02` (random, not sampled) allocates no more than one continuing `00`.
+#[test]
+fn keeping_the_random_flag_of_a_dropped_span_allocates_nothing_extra() {
+    use mqtrace_core::instrumentation::Instrumentation;
+    use mqtrace_core::span::{MessagingSpanBuilder, OperationType};
+    use opentelemetry::Context;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    let provider = SdkTracerProvider::builder().build(); // parent-based, always on
+    let instrumentation = Instrumentation::builder()
+        .with_tracer_provider(&provider)
+        .build();
+    let parent = |flags: u8| {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c),
+            SpanId::from(0xb7ad_6b71_6920_3331),
+            TraceFlags::new(flags),
+            true,
+            TraceState::NONE,
+        ))
+    };
+    let start = |parent: &Context| {
+        let mut span = None;
+        let count = allocations(|| {
+            span = Some(
+                MessagingSpanBuilder::new("kafka", OperationType::Process, "process")
+                    .with_destination("orders")
+                    .start(&instrumentation, parent),
+            );
+        });
+        // Ending it (the metrics) is not what is counted.
+        let span = span.expect("started");
+        let flags = span.span_context().trace_flags().to_u8();
+        span.end();
+        (count, flags)
+    };
+    let (plain, random) = (parent(0x00), parent(0x02));
+    start(&plain); // first use of the tracer and instruments
+    let (plain_allocations, plain_flags) = start(&plain);
+    let (random_allocations, random_flags) = start(&random);
+    assert_eq!((plain_flags, random_flags), (0x00, 0x02));
+    assert!(
+        random_allocations <= plain_allocations,
+        "02 allocated {random_allocations}, 00 {plain_allocations}"
+    );
+}

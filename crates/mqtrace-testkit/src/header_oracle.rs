@@ -10,6 +10,9 @@
 //! - extraction finds a context exactly when the last `traceparent` (any case) is text, at most
 //!   [`DEFAULT_MAX_VALUE_LEN`] bytes, UTF-8 and valid ([`expected_context`]), with the same
 //!   trace id, span id and sampled flag; `Missing` only when no span-context header is there;
+//! - the re-injected `tracestate` is exactly what the W3C rules make of the last `tracestate`
+//!   ([`expected_tracestate`]): its members canonical, or none at all when one member is
+//!   malformed (a key with an empty tenant or system id or several `@` included);
 //! - extract → inject → extract is a fixed point;
 //! - a merge keeps every foreign header (keys that are not UTF-8 included), leaves exactly the
 //!   injected propagation headers, and reads back as the injected context.
@@ -73,6 +76,80 @@ pub fn expected_context(model: &Model) -> Option<(TraceId, SpanId, bool)> {
     Some((parsed.trace_id, parsed.parent_id, parsed.flags.is_sampled()))
 }
 
+/// The `tracestate` re-injected after extracting from `model`, worked out from the W3C rules
+/// without mqtrace's parser: `None` when no context is found, or the *last* `tracestate` (any
+/// case) is not text of at most [`DEFAULT_MAX_VALUE_LEN`] UTF-8 bytes, or it must be
+/// discarded: a member that is not `key=value` with a valid key and value, or more than 32
+/// members. Otherwise its members, OWS trimmed, empty ones skipped and a repeated key's later
+/// entries dropped, joined by `,` (`None` when that leaves nothing).
+///
+/// A key is 1 to 256 characters, the first a lowercase letter or a digit; it is one id or
+/// `tenant@system`, each id non-empty and made of lowercase letters, digits, `_`, `-`, `*` and
+/// `/`. A value is 1 to 256 printable ASCII characters other than `,` and `=`, not ending in
+/// a space.
+///
+/// ```
+/// use mqtrace_testkit::header_oracle::{Model, expected_tracestate};
+///
+/// let with = |tracestate: &str| -> Model {
+///     vec![
+///         (b"traceparent".to_vec(), Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec())),
+///         (b"tracestate".to_vec(), Some(tracestate.as_bytes().to_vec())),
+///     ]
+/// };
+/// assert_eq!(expected_tracestate(&with(" a=1 ,, t@s=2,a=3")).as_deref(), Some("a=1,t@s=2"));
+/// assert_eq!(expected_tracestate(&with("foo@=1,bar=2")), None);
+/// assert_eq!(expected_tracestate(&with("foo@bar@baz=1,bar=2")), None);
+/// ```
+pub fn expected_tracestate(model: &Model) -> Option<String> {
+    expected_context(model)?;
+    let (_, value) = model
+        .iter()
+        .rev()
+        .find(|(key, _)| is_key(key, "tracestate"))?;
+    let value = value.as_deref()?;
+    if value.len() > DEFAULT_MAX_VALUE_LEN {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    let members: Vec<&str> = text
+        .split(',')
+        .map(|member| member.trim_matches([' ', '\t']))
+        .filter(|member| !member.is_empty())
+        .collect();
+    if members.len() > 32 {
+        return None;
+    }
+    let mut kept: Vec<(&str, &str)> = Vec::new();
+    for member in members {
+        let (key, value) = member.split_once('=')?;
+        if !oracle_key(key) || !oracle_value(value) {
+            return None;
+        }
+        if !kept.iter().any(|(seen, _)| *seen == key) {
+            kept.push((key, value));
+        }
+    }
+    let joined: Vec<String> = kept.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    (!joined.is_empty()).then(|| joined.join(","))
+}
+
+fn oracle_key(key: &str) -> bool {
+    let id_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-*/".contains(c);
+    let ids: Vec<&str> = key.split('@').collect();
+    key.len() <= 256
+        && key.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && ids.len() <= 2
+        && ids
+            .iter()
+            .all(|id| !id.is_empty() && id.chars().all(id_char))
+}
+
+fn oracle_value(value: &str) -> bool {
+    let printable = |c: char| (' '..='~').contains(&c) && c != ',' && c != '=';
+    (1..=256).contains(&value.len()) && value.chars().all(printable) && !value.ends_with(' ')
+}
+
 /// Extracts from `source` and checks the result against `model`, which must be exactly what
 /// `source` reports (checked first). Returns the extraction.
 ///
@@ -117,6 +194,15 @@ pub fn check_extraction<S: HeaderSource + ?Sized>(source: &S, model: &Model) -> 
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
             .collect();
+        let tracestate = reinjected
+            .iter()
+            .find(|(key, _)| *key == "tracestate")
+            .map(|(_, value)| value.to_owned());
+        assert_eq!(
+            tracestate,
+            expected_tracestate(model),
+            "the re-injected tracestate is not what the W3C rules make of the last one"
+        );
         let again = propagation().extract(&Pairs(&reinjected_model));
         let again = again
             .remote_span_context()
