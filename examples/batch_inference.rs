@@ -426,11 +426,32 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init_with(
         TelemetryConfig::from_env()?.with_default_service_name("fraud-scoring"),
     )?;
-    // `tracing` events become OTel log records carrying the current trace and span ids.
+    // `tracing` events become OTel log records carrying the current trace and span ids: the
+    // application's at INFO and above; the HTTP/gRPC stacks' own chatter (h2, hyper, tonic,
+    // tower, reqwest log every frame at TRACE) and OpenTelemetry's internal logs stay out, as
+    // opentelemetry-appender-tracing advises, or every export would log more to export.
     if let Some(logger_provider) = telemetry.logger_provider() {
-        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::filter::{LevelFilter, Targets};
+        use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+        let application_logs = [
+            "h2",
+            "hyper",
+            "hyper_util",
+            "tonic",
+            "tower",
+            "reqwest",
+            "opentelemetry",
+            "opentelemetry_sdk",
+            "opentelemetry_otlp",
+        ]
+        .into_iter()
+        .fold(
+            Targets::new().with_default(LevelFilter::INFO),
+            |targets, noisy| targets.with_target(noisy, LevelFilter::OFF),
+        );
         let bridge =
-            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(logger_provider);
+            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(logger_provider)
+                .with_filter(application_logs);
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(bridge))
             .context("installing the log bridge")?;
     }

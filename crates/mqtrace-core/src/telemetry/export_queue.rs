@@ -1,9 +1,10 @@
 //! The bounded, never-blocking export queue behind mqtrace's span and log processors, with an
 //! account of every item that went in: exported, or dropped and why.
 //!
-//! Producers (whoever ends a span or emits a log) only `try_send` into a preallocated,
-//! lock-free bounded channel and bump one atomic counter; they wake the export thread once
-//! per full batch, not once per item. The export thread wakes when a batch is ready, when the
+//! Producers (whoever ends a span or emits a log) bump one atomic counter (which bounds the
+//! queue) and send into a lock-free channel that takes memory in blocks as it fills (a full
+//! queue is not reserved up front); they wake the export thread once per full batch, not once
+//! per item. The export thread wakes when a batch is ready, when the
 //! scheduled delay passes, or on a flush/shutdown request (a separate, unbounded control
 //! channel, so a full queue never delays a flush), and drains in batches.
 //!
@@ -18,7 +19,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{
-    Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, channel, sync_channel,
+    Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel,
 };
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -203,7 +204,9 @@ enum Control {
 
 /// A bounded queue with one export thread (see the [module docs](self)).
 pub(crate) struct ExportQueue<T> {
-    items: SyncSender<T>,
+    items: Sender<T>,
+    /// The most items queued at once.
+    capacity: usize,
     control: Sender<Control>,
     shared: Arc<Shared>,
     batch_size: usize,
@@ -235,7 +238,9 @@ impl<T: Send + 'static> ExportQueue<T> {
         counters: Arc<SignalCounters>,
     ) -> Self {
         let batch_size = settings.max_export_batch_size.max(1);
-        let (items, queued) = sync_channel(settings.max_queue_size.max(1));
+        // An unbounded (linked-block) channel bounded by `pending`: memory is taken as the queue
+        // fills, not reserved up front for its whole capacity.
+        let (items, queued) = channel();
         let (control, requests) = channel();
         let shared = Arc::new(Shared {
             counters,
@@ -257,12 +262,18 @@ impl<T: Send + 'static> ExportQueue<T> {
         };
         let handle = std::thread::Builder::new()
             .name(names.thread.into())
-            .spawn(move || worker.run(requests))
+            .spawn(move || {
+                // What the exporter does (HTTP, gRPC, its libraries' own `tracing` events) must
+                // not become telemetry itself: a log bridge would feed it back into this queue.
+                let _suppressed = opentelemetry::Context::enter_telemetry_suppressed_scope();
+                worker.run(requests)
+            })
             .ok();
         Self {
             items,
             control,
             shared,
+            capacity: settings.max_queue_size.max(1),
             batch_size,
             export_timeout: settings.export_timeout,
             worker: Mutex::new(handle),
@@ -271,27 +282,29 @@ impl<T: Send + 'static> ExportQueue<T> {
 
     /// Queues `item`, or drops and counts it when the queue is full. Never blocks.
     pub(crate) fn offer(&self, item: T) {
-        // Counted before it is sent, so the export thread never takes more than is counted.
+        // Counted before it is sent, so the export thread never takes more than is counted
+        // and the count bounds the queue.
         let queued = self.shared.pending.fetch_add(1, Ordering::AcqRel) + 1;
-        match self.items.try_send(item) {
+        if queued > self.capacity {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .counters
+                .queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .metric
+                .counter
+                .add(1, &self.shared.metric.queue_full);
+            return;
+        }
+        match self.items.send(item) {
             Ok(()) => {
                 if queued == self.batch_size {
                     let _ = self.control.send(Control::BatchReady);
                 }
             }
-            Err(TrySendError::Full(_)) => {
-                self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-                self.shared
-                    .counters
-                    .queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .metric
-                    .counter
-                    .add(1, &self.shared.metric.queue_full);
-            }
             // After shutdown: the provider is gone, nothing to count against.
-            Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             }
         }

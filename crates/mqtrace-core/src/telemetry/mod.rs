@@ -6,7 +6,7 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | export OTLP there; unset: write OTLP-JSON files |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | head sampling ([`Sampling`]; default `parentbased_traceidratio` 1.0) |
-//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]; queue default 16,384) |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` | span export queue and batches ([`SpanBatchSettings`]; queue default 65,536) |
 //! | `OTEL_BSP_EXPORT_TIMEOUT` | longest a flush or the shutdown waits (default 5000 ms), and one OTLP request unless `OTEL_EXPORTER_OTLP_TIMEOUT` is set |
 //! | `OTEL_BSP_MAX_CONCURRENT_EXPORTS` | OTLP/HTTP span export requests in flight at once (default 4) |
 //! | `OTEL_BLRP_MAX_QUEUE_SIZE` | log record export queue (default 2048) |
@@ -33,9 +33,11 @@ mod export_queue;
 pub mod file;
 mod log_queue;
 mod metric_export;
+mod otlp_grpc;
 mod otlp_http;
 mod otlp_json;
 mod otlp_proto;
+mod otlp_retry;
 mod span_queue;
 mod stats;
 
@@ -450,7 +452,9 @@ fn otlp_providers(
             if tokio::runtime::Handle::try_current().is_err() {
                 return Err(Error::NoTokioRuntime);
             }
-            (
+            // mqtrace's own exporter (no protobuf structs per batch, several calls in
+            // flight), unless compression is asked for, which only the SDK's implements.
+            let spans = if config.otlp_compression() {
                 OtlpSpanExporter::Sdk(
                     timed(
                         opentelemetry_otlp::SpanExporter::builder()
@@ -460,7 +464,17 @@ fn otlp_providers(
                     )
                     .build()
                     .map_err(failed("traces"))?,
-                ),
+                )
+            } else {
+                let headers = otlp_http::headers_from(|name| config.otlp_header_variable(name))?;
+                OtlpSpanExporter::Grpc(otlp_grpc::OtlpGrpcSpanExporter::new(
+                    endpoint,
+                    config.otlp_traces_timeout(),
+                    &headers,
+                )?)
+            };
+            (
+                spans,
                 timed(
                     opentelemetry_otlp::MetricExporter::builder()
                         .with_tonic()
@@ -524,18 +538,19 @@ fn otlp_providers(
             )
         }
     };
-    let concurrent = matches!(spans, OtlpSpanExporter::Http(_));
+    let concurrent = !matches!(spans, OtlpSpanExporter::Sdk(_));
     Ok(providers(
         config, accounts, spans, concurrent, metrics, logs,
     ))
 }
 
-/// The OTLP span exporter in use: mqtrace's OTLP/HTTP one, or `opentelemetry-otlp`'s
-/// (gRPC, or HTTP with compression).
+/// The OTLP span exporter in use: mqtrace's own, over HTTP or gRPC, or
+/// `opentelemetry-otlp`'s (when compression is asked for).
 #[derive(Debug)]
 enum OtlpSpanExporter {
     Sdk(opentelemetry_otlp::SpanExporter),
     Http(otlp_http::OtlpHttpSpanExporter),
+    Grpc(otlp_grpc::OtlpGrpcSpanExporter),
 }
 
 impl SpanExporter for OtlpSpanExporter {
@@ -546,6 +561,7 @@ impl SpanExporter for OtlpSpanExporter {
         match self {
             Self::Sdk(e) => e.export(batch).await,
             Self::Http(e) => e.export(batch).await,
+            Self::Grpc(e) => e.export(batch).await,
         }
     }
 
@@ -553,6 +569,7 @@ impl SpanExporter for OtlpSpanExporter {
         match self {
             Self::Sdk(e) => e.shutdown_with_timeout(timeout),
             Self::Http(e) => e.shutdown_with_timeout(timeout),
+            Self::Grpc(e) => e.shutdown_with_timeout(timeout),
         }
     }
 
@@ -560,6 +577,7 @@ impl SpanExporter for OtlpSpanExporter {
         match self {
             Self::Sdk(e) => e.set_resource(resource),
             Self::Http(e) => e.set_resource(resource),
+            Self::Grpc(e) => e.set_resource(resource),
         }
     }
 }

@@ -10,8 +10,7 @@
 //! Behaviour follows the [OTLP/HTTP specification]: `Content-Type: application/x-protobuf`;
 //! `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (`key=value,...`,
 //! percent-decoded) are sent with every request; `429`, `502`, `503` and `504` and connection
-//! failures are retried with exponential backoff (100 ms, doubling, honouring `Retry-After`)
-//! for as long as the request timeout allows; any other status fails the batch at once with
+//! failures are retried ([`super::otlp_retry`], honouring `Retry-After`); any other status fails the batch at once with
 //! the status and the start of the collector's answer. When compression is asked for
 //! (`OTEL_EXPORTER_OTLP_COMPRESSION`), [`super::build`] uses `opentelemetry-otlp`'s exporter
 //! instead, which implements it.
@@ -20,7 +19,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use opentelemetry_sdk::Resource;
@@ -29,13 +28,10 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use super::otlp_proto::TraceProtobufEncoder;
+use super::otlp_proto::SharedTraceEncoder;
+use super::otlp_retry::{Attempt, with_retries};
 use crate::error::Error;
 
-/// How many times a batch is retried after a retryable failure (time permitting).
-const MAX_RETRIES: u32 = 3;
-/// The first backoff; it doubles per retry.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How much of a failed answer's body goes into the error.
 const ERROR_BODY_BYTES: usize = 512;
 
@@ -45,13 +41,7 @@ pub(crate) struct OtlpHttpSpanExporter {
     timeout: Duration,
     /// `None` after shutdown.
     client: Mutex<Option<Client>>,
-    state: Mutex<Encoding>,
-}
-
-/// The encoder and the buffer the next request is built in.
-struct Encoding {
-    encoder: TraceProtobufEncoder,
-    buffer: Vec<u8>,
+    encoder: SharedTraceEncoder,
 }
 
 impl fmt::Debug for OtlpHttpSpanExporter {
@@ -98,41 +88,18 @@ impl OtlpHttpSpanExporter {
             url,
             timeout,
             client: Mutex::new(Some(client)),
-            state: Mutex::new(Encoding {
-                encoder: TraceProtobufEncoder::default(),
-                buffer: Vec::new(),
-            }),
+            encoder: SharedTraceEncoder::default(),
         })
-    }
-
-    /// Encodes `batch` into one request body.
-    fn encode(&self, batch: &[SpanData]) -> Result<Bytes, OTelSdkError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("span encoder lock poisoned".into()))?;
-        let Encoding { encoder, buffer } = &mut *state;
-        buffer.clear();
-        encoder.encode(batch, buffer);
-        let capacity = buffer.len();
-        Ok(Bytes::from(std::mem::replace(
-            buffer,
-            Vec::with_capacity(capacity),
-        )))
     }
 
     /// POSTs `body`, retrying what the specification calls retryable while time is left.
     fn send(&self, client: &Client, body: Bytes) -> OTelSdkResult {
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 0;
-        loop {
-            let outcome = client.post(&self.url).body(body.clone()).send();
-            let (retryable, error, retry_after) = match outcome {
-                Ok(response) if response.status().is_success() => return Ok(()),
+        with_retries(self.timeout, |_| {
+            match client.post(&self.url).body(body.clone()).send() {
+                Ok(response) if response.status().is_success() => Attempt::Delivered,
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = response
+                    let after = response
                         .headers()
                         .get(RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
@@ -140,33 +107,33 @@ impl OtlpHttpSpanExporter {
                         .map(Duration::from_secs);
                     let answer = response.bytes().unwrap_or_default();
                     let answer =
-                        String::from_utf8_lossy(&answer[..answer.len().min(ERROR_BODY_BYTES)])
-                            .into_owned();
-                    (
-                        matches!(status.as_u16(), 429 | 502 | 503 | 504),
-                        format!("HTTP {status}: {answer}"),
-                        retry_after,
-                    )
+                        String::from_utf8_lossy(&answer[..answer.len().min(ERROR_BODY_BYTES)]);
+                    let error = format!("HTTP {status}: {answer}");
+                    if matches!(status.as_u16(), 429 | 502 | 503 | 504) {
+                        Attempt::Retryable { error, after }
+                    } else {
+                        Attempt::Failed(error)
+                    }
                 }
-                Err(e) => (e.is_connect() || e.is_timeout(), e.to_string(), None),
-            };
-            let wait = retry_after.unwrap_or(backoff);
-            if !retryable || attempt >= MAX_RETRIES || Instant::now() + wait >= deadline {
-                return Err(OTelSdkError::InternalFailure(format!(
-                    "OTLP/HTTP export to {} failed: {error}",
-                    self.url
-                )));
+                Err(e) if e.is_connect() || e.is_timeout() => Attempt::Retryable {
+                    error: e.to_string(),
+                    after: None,
+                },
+                Err(e) => Attempt::Failed(e.to_string()),
             }
-            std::thread::sleep(wait);
-            attempt += 1;
-            backoff *= 2;
-        }
+        })
+        .map_err(|error| {
+            OTelSdkError::InternalFailure(format!(
+                "OTLP/HTTP export to {} failed: {error}",
+                self.url
+            ))
+        })
     }
 }
 
 impl SpanExporter for OtlpHttpSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = self.encode(&batch)?;
+        let body = self.encoder.request(&batch);
         // The spans are freed before the request waits on the network.
         drop(batch);
         let client = self
@@ -192,10 +159,7 @@ impl SpanExporter for OtlpHttpSpanExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.state
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .encoder = TraceProtobufEncoder::new(resource);
+        self.encoder.set_resource(resource);
     }
 }
 
@@ -262,6 +226,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::mpsc;
+    use std::time::Instant;
 
     /// One received request: its headers (lower-cased names) and body.
     type Received = (Vec<(String, String)>, Vec<u8>);

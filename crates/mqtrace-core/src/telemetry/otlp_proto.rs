@@ -111,6 +111,37 @@ fn fixed32_len(field: u32, n: u32) -> usize {
     }
 }
 
+/// A [`TraceProtobufEncoder`] behind a lock, with the buffer requests are built in: what
+/// the OTLP exporters share (their `export(&self)` may run on several threads at once; the
+/// lock is held only while a batch is encoded).
+#[derive(Debug, Default)]
+pub(crate) struct SharedTraceEncoder {
+    state: std::sync::Mutex<(TraceProtobufEncoder, Vec<u8>)>,
+}
+
+impl SharedTraceEncoder {
+    /// Spans from now on belong to `resource`.
+    pub(crate) fn set_resource(&mut self, resource: &Resource) {
+        self.state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0 = TraceProtobufEncoder::new(resource);
+    }
+
+    /// One `ExportTraceServiceRequest` holding `batch`, as an owned body.
+    pub(crate) fn request(&self, batch: &[SpanData]) -> bytes::Bytes {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (encoder, buffer) = &mut *state;
+        buffer.clear();
+        encoder.encode(batch, buffer);
+        let capacity = buffer.len();
+        bytes::Bytes::from(std::mem::replace(buffer, Vec::with_capacity(capacity)))
+    }
+}
+
 /// Encodes batches of spans of one resource as OTLP protobuf `ExportTraceServiceRequest`s.
 #[derive(Debug, Default)]
 pub(crate) struct TraceProtobufEncoder {
