@@ -54,6 +54,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 
 pub use config::{Destination, OtlpProtocol, Sampling, TelemetryConfig};
+pub use otlp_http::OtlpHttpSpanExporter;
 pub use span_queue::SpanBatchSettings;
 pub use stats::{MetricExportStats, SignalStats, TelemetryStats};
 
@@ -511,7 +512,7 @@ fn otlp_providers(
                 )
             } else {
                 let headers = otlp_http::headers_from(|name| config.otlp_header_variable(name))?;
-                OtlpSpanExporter::Http(otlp_http::OtlpHttpSpanExporter::new(
+                OtlpSpanExporter::Http(otlp_http::OtlpHttpSpanExporter::with_headers(
                     traces,
                     config.otlp_traces_timeout(),
                     headers,

@@ -36,7 +36,22 @@ use crate::error::Error;
 const ERROR_BODY_BYTES: usize = 512;
 
 /// Exports spans as OTLP protobuf over HTTP (see the [module docs](self)).
-pub(crate) struct OtlpHttpSpanExporter {
+///
+/// [`super::build`] sets it up from the environment; build one yourself to export spans
+/// through a pipeline of your own.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use mqtrace_core::telemetry::OtlpHttpSpanExporter;
+///
+/// let exporter =
+///     OtlpHttpSpanExporter::new("http://localhost:4318/v1/traces", Duration::from_secs(5))?;
+/// # drop(exporter);
+/// # Ok::<_, mqtrace_core::Error>(())
+/// ```
+pub struct OtlpHttpSpanExporter {
     url: String,
     timeout: Duration,
     /// `None` after shutdown.
@@ -54,9 +69,14 @@ impl fmt::Debug for OtlpHttpSpanExporter {
 }
 
 impl OtlpHttpSpanExporter {
-    /// An exporter POSTing to `url` (the full `.../v1/traces` address), each request given at
-    /// most `timeout` (retries included), with `headers` on every request.
-    pub(crate) fn new(
+    /// An exporter POSTing to `url` (the full `.../v1/traces` address), each batch given at
+    /// most `timeout` (retries included).
+    pub fn new(url: impl Into<String>, timeout: Duration) -> crate::error::Result<Self> {
+        Self::with_headers(url.into(), timeout, HeaderMap::new())
+    }
+
+    /// Like [`OtlpHttpSpanExporter::new`], with `headers` on every request.
+    pub(crate) fn with_headers(
         url: String,
         timeout: Duration,
         headers: HeaderMap,
@@ -285,8 +305,8 @@ mod tests {
     }
 
     fn to(url: String, headers: HeaderMap) -> OtlpHttpSpanExporter {
-        let mut exporter =
-            OtlpHttpSpanExporter::new(url, Duration::from_secs(5), headers).expect("exporter");
+        let mut exporter = OtlpHttpSpanExporter::with_headers(url, Duration::from_secs(5), headers)
+            .expect("exporter");
         exporter.set_resource(&sample_resource());
         exporter
     }
@@ -341,8 +361,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
         drop(listener);
-        let exporter = OtlpHttpSpanExporter::new(url, Duration::from_millis(500), HeaderMap::new())
-            .expect("exporter");
+        let exporter =
+            OtlpHttpSpanExporter::new(url, Duration::from_millis(500)).expect("exporter");
         let started = Instant::now();
         let error =
             futures_executor::block_on(exporter.export(sample_spans())).expect_err("refused");
