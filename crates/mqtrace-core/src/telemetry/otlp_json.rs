@@ -21,6 +21,8 @@ use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
+use super::otlp_proto::group_by_scope;
+
 /// Encodes batches of spans of one resource as OTLP-JSON `ExportTraceServiceRequest`s.
 #[derive(Debug, Default)]
 pub(crate) struct TraceRequestEncoder {
@@ -63,21 +65,7 @@ impl TraceRequestEncoder {
     /// Appends one request holding `spans` (grouped by instrumentation scope, in order of
     /// first appearance, spans in their order) to `out`, without a trailing newline.
     pub(crate) fn encode(&mut self, spans: &[SpanData], out: &mut Vec<u8>) {
-        // Group by scope: a batch holds spans of a handful of scopes, so a linear search over
-        // the scopes seen so far beats hashing every span's scope.
-        let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-        self.scope_of_span.clear();
-        for span in spans {
-            let scope = &span.instrumentation_scope;
-            let index = match scopes.iter().position(|seen| *seen == scope) {
-                Some(index) => index,
-                None => {
-                    scopes.push(scope);
-                    scopes.len() - 1
-                }
-            };
-            self.scope_of_span.push(index);
-        }
+        let scopes = group_by_scope(spans, &mut self.scope_of_span);
 
         out.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":");
         out.extend_from_slice(&self.resource);

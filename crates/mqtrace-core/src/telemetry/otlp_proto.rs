@@ -174,21 +174,9 @@ impl TraceProtobufEncoder {
     /// Appends one request holding `spans` (grouped by instrumentation scope, in order of
     /// first appearance, spans in their order) to `out`.
     pub(crate) fn encode(&mut self, spans: &[SpanData], out: &mut Vec<u8>) {
-        let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-        self.scope_of_span.clear();
+        let scopes = group_by_scope(spans, &mut self.scope_of_span);
         self.span_len.clear();
-        for span in spans {
-            let scope = &span.instrumentation_scope;
-            let index = match scopes.iter().position(|seen| *seen == scope) {
-                Some(index) => index,
-                None => {
-                    scopes.push(scope);
-                    scopes.len() - 1
-                }
-            };
-            self.scope_of_span.push(index);
-            self.span_len.push(span_len(span));
-        }
+        self.span_len.extend(spans.iter().map(span_len));
         // ScopeSpans: scope (1), spans (2), schema_url (3).
         let scope_lens: Vec<usize> = scopes
             .iter()
@@ -231,6 +219,29 @@ impl TraceProtobufEncoder {
         }
         non_empty(out, 3, self.resource_schema_url.as_bytes());
     }
+}
+
+/// The distinct instrumentation scopes of `spans` in order of first appearance, with each
+/// span's index among them written to `scope_of_span`. A batch holds spans of a handful of
+/// scopes, so a linear search over those seen beats hashing every span's scope.
+pub(crate) fn group_by_scope<'a>(
+    spans: &'a [SpanData],
+    scope_of_span: &mut Vec<usize>,
+) -> Vec<&'a InstrumentationScope> {
+    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    scope_of_span.clear();
+    for span in spans {
+        let scope = &span.instrumentation_scope;
+        let index = match scopes.iter().position(|seen| *seen == scope) {
+            Some(index) => index,
+            None => {
+                scopes.push(scope);
+                scopes.len() - 1
+            }
+        };
+        scope_of_span.push(index);
+    }
+    scopes
 }
 
 fn scope_len(scope: &InstrumentationScope) -> usize {

@@ -443,23 +443,31 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_span_is_accounted_for_exactly_once() {
-        let exporter = GatedExporter::default();
-        exporter.blocked.store(true, Ordering::SeqCst);
-        let metrics = InMemoryMetricExporter::default();
-        let meters = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics).build())
-            .build();
+    /// A provider exporting to `exporter` through the processor, and the processor's account.
+    fn counted(
+        exporter: GatedExporter,
+        settings: SpanBatchSettings,
+    ) -> (SdkTracerProvider, Arc<SignalCounters>, SdkMeterProvider) {
+        let meters = SdkMeterProvider::builder().build();
         let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "test");
-        let settings = SpanBatchSettings::default()
-            .with_max_queue_size(16)
-            .with_max_export_batch_size(4);
-        let processor = CountingBatchSpanProcessor::new(exporter.clone(), settings, &meter);
+        let processor = CountingBatchSpanProcessor::new(exporter, settings, &meter);
         let counters = processor.counters();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .build();
+        (provider, counters, meters)
+    }
+
+    #[test]
+    fn every_span_is_accounted_for_exactly_once() {
+        let exporter = GatedExporter::default();
+        exporter.blocked.store(true, Ordering::SeqCst);
+        let (provider, counters, _meters) = counted(
+            exporter.clone(),
+            SpanBatchSettings::default()
+                .with_max_queue_size(16)
+                .with_max_export_batch_size(4),
+        );
         let tracer = provider.tracer("t");
         for _ in 0..50 {
             tracer.start("s").end();
@@ -485,19 +493,12 @@ mod tests {
     fn shutdown_gives_up_on_a_hung_exporter_and_counts_what_it_leaves() {
         let exporter = GatedExporter::default();
         exporter.blocked.store(true, Ordering::SeqCst);
-        let metrics = InMemoryMetricExporter::default();
-        let meters = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics).build())
-            .build();
-        let meter = opentelemetry::metrics::MeterProvider::meter(&meters, "test");
-        let settings = SpanBatchSettings::default()
-            .with_max_queue_size(100)
-            .with_max_export_batch_size(4);
-        let processor = CountingBatchSpanProcessor::new(exporter.clone(), settings, &meter);
-        let counters = processor.counters();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(processor)
-            .build();
+        let (provider, counters, _meters) = counted(
+            exporter.clone(),
+            SpanBatchSettings::default()
+                .with_max_queue_size(100)
+                .with_max_export_batch_size(4),
+        );
         let tracer = provider.tracer("t");
         for _ in 0..10 {
             tracer.start("s").end();
