@@ -277,6 +277,11 @@ impl SpanExtras {
     }
 }
 
+/// Attributes a messaging span is built with room for: up to six metric attributes,
+/// `messaging.operation.type`, three of the client's own (a Kafka process span's partition,
+/// offset and body size) and two spare slots for attributes known only after the start.
+const ATTRIBUTE_CAPACITY: usize = 12;
+
 /// Builds a messaging span with the semconv attributes.
 ///
 /// # Example
@@ -320,7 +325,11 @@ impl MessagingSpanBuilder {
             destination: None,
             consumer_group: None,
             server: None,
-            attributes: Vec::with_capacity(8),
+            // Room for the span's whole attribute list: the builder's own attributes, the
+            // metric attributes and `messaging.operation.type` put in front of them at start,
+            // and the two known only later (see `start_inner`), so the vector the SDK keeps
+            // for the span is this one, allocated once.
+            attributes: Vec::with_capacity(ATTRIBUTE_CAPACITY),
             links: Vec::new(),
         }
     }
@@ -491,16 +500,29 @@ impl MessagingSpanBuilder {
             None => Cow::Borrowed(self.operation_name),
         };
         let metric_attributes = self.take_metric_attributes();
-        // Two spare slots: the SDK keeps this vector for the span, and attributes known only
-        // later (a delivery's partition and offset, an error type) then need no reallocation.
-        let mut attributes =
-            Vec::with_capacity(metric_attributes.len() + 1 + self.attributes.len() + 2);
-        attributes.extend_from_slice(&metric_attributes);
-        attributes.push(KeyValue::new(
+        let operation_type = KeyValue::new(
             semconv::MESSAGING_OPERATION_TYPE,
             self.operation_type.as_str(),
-        ));
-        attributes.append(&mut self.attributes);
+        );
+        // The span's attributes: the metric attributes, the operation type, then the
+        // builder's own. Two spare slots: the SDK keeps this vector for the span, and
+        // attributes known only later (a delivery's partition and offset, an error type)
+        // then need no reallocation. Built in the builder's vector when it has the room
+        // (it is made with `ATTRIBUTE_CAPACITY`), so no second vector is allocated.
+        let mut attributes = std::mem::take(&mut self.attributes);
+        let front = metric_attributes.len() + 1;
+        if attributes.capacity() - attributes.len() >= front + 2 {
+            // Appended, then turned to the front (`splice` costs several times more).
+            attributes.extend_from_slice(&metric_attributes);
+            attributes.push(operation_type);
+            attributes.rotate_right(front);
+        } else {
+            let mut grown = Vec::with_capacity(front + attributes.len() + 2);
+            grown.extend_from_slice(&metric_attributes);
+            grown.push(operation_type);
+            grown.append(&mut attributes);
+            attributes = grown;
+        }
         let tracer = instrumentation.tracer();
         let mut span_builder = tracer
             .span_builder(name)
