@@ -14,8 +14,8 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
+use opentelemetry::{KeyValue, Value};
 
 /// Bindings kept per thread and instrument kind (counters, histograms). A client uses a
 /// handful (an operation per destination, plus the error variants), so a thread serving many
@@ -61,7 +61,7 @@ fn with_bound<B: 'static>(
             };
             let found = cache
                 .iter()
-                .position(|e| e.instrument == instrument && e.attributes == attributes);
+                .position(|e| e.instrument == instrument && same(&e.attributes, attributes));
             match found {
                 // Most recent first: one shift brings a hit to the front.
                 Some(index) => cache[..=index].rotate_right(1),
@@ -81,6 +81,30 @@ fn with_bound<B: 'static>(
             true
         })
         .unwrap_or(false)
+}
+
+/// Whether two attribute lists are equal, in order. The same as `==`, cheaper for the way
+/// clients record: their keys are static strings and their string values shared
+/// (`Arc<str>`), so the same text usually sits at the same address, and comparing the
+/// address and length settles it without comparing the bytes.
+fn same(cached: &[KeyValue], attributes: &[KeyValue]) -> bool {
+    cached.len() == attributes.len()
+        && cached.iter().zip(attributes).all(|(a, b)| {
+            same_str(a.key.as_str(), b.key.as_str()) && same_value(&a.value, &b.value)
+        })
+}
+
+fn same_str(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => same_str(a.as_str(), b.as_str()),
+        (Value::I64(a), Value::I64(b)) => a == b,
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Adds `value` to `counter`'s series for `attributes`.
@@ -117,4 +141,38 @@ pub(crate) fn cached() -> usize {
     let counters = COUNTERS.with(|cache| cache.borrow().len());
     let histograms = HISTOGRAMS.with(|cache| cache.borrow().len());
     counters.max(histograms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn same_agrees_with_eq() {
+        let shared = opentelemetry::StringValue::from(Arc::<str>::from("orders"));
+        let a = [
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", Value::String(shared.clone())),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        let copy = [
+            KeyValue::new("messaging.system".to_owned(), "kafka".to_owned()),
+            KeyValue::new("messaging.destination.name", "orders".to_owned()),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        let other = [
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", "orderz"),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        assert!(same(&a, &a) && a[..] == a[..]);
+        assert!(same(&a, &copy) && a[..] == copy[..]);
+        assert!(!same(&a, &other) && a[..] != other[..]);
+        assert!(!same(&a, &a[..2]));
+        let port = [KeyValue::new("server.port", 9093_i64)];
+        assert!(!same(&a[2..], &port));
+        let mixed = [KeyValue::new("server.port", "9092")];
+        assert!(!same(&a[2..], &mixed));
+    }
 }
