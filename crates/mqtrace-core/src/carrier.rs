@@ -267,13 +267,19 @@ impl<S: HeaderSource + ?Sized> Extractor for HeaderExtractor<'_, S> {
     }
 }
 
+/// The well-known propagation keys.
+const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+
+/// The index of `key` (any case) in [`KNOWN`].
+fn known_index(key: &str) -> Option<usize> {
+    KNOWN
+        .iter()
+        .position(|known| known.eq_ignore_ascii_case(key))
+}
+
 /// Maps the well-known propagation keys to static strings, so recording them costs nothing.
 pub(crate) fn static_key(key: &str) -> &'static str {
-    const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
-    KNOWN
-        .into_iter()
-        .find(|known| known.eq_ignore_ascii_case(key))
-        .unwrap_or("other")
+    known_index(key).map_or("other", |index| KNOWN[index])
 }
 
 fn key_cow(key: &str) -> Cow<'static, str> {
@@ -305,6 +311,10 @@ fn key_cow(key: &str) -> Cow<'static, str> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InjectedHeaders {
     entries: Vec<(Cow<'static, str>, String)>,
+    /// The well-known fields the propagator owns, one bit per [`KNOWN`] key: recorded on
+    /// every send, so without an allocation.
+    known_fields: u8,
+    /// The propagator's other fields, lowercased.
     fields: Vec<Cow<'static, str>>,
 }
 
@@ -312,15 +322,21 @@ impl InjectedHeaders {
     /// Records that the propagator owns `field`: an existing header of that name is dropped
     /// from the outgoing message whenever anything is injected.
     pub fn add_field(&mut self, field: &str) {
-        if !self.fields.iter().any(|f| f.eq_ignore_ascii_case(field)) {
-            self.fields.push(key_cow(field));
+        match known_index(field) {
+            Some(index) => self.known_fields |= 1 << index,
+            None => {
+                if !self.fields.iter().any(|f| f.eq_ignore_ascii_case(field)) {
+                    self.fields.push(key_cow(field));
+                }
+            }
         }
     }
 
     /// Whether a header named `key` must be removed before appending the injected ones.
     pub fn replaces(&self, key: &str) -> bool {
         !self.is_empty()
-            && (self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
+            && (known_index(key).is_some_and(|index| self.known_fields & (1 << index) != 0)
+                || self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
                 || self
                     .entries
                     .iter()
