@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer,
+};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::Instrumentation;
@@ -535,8 +537,15 @@ impl MessagingSpanBuilder {
             clock -= started.elapsed().unwrap_or_default();
         }
         let span = span_builder.start_with_context(tracer, parent);
+        // A span the sampler dropped records nothing: its context only has to carry the span
+        // context onward (injection, children), which needs no boxed span behind it.
+        let cx = if span.is_recording() {
+            parent.with_span(span)
+        } else {
+            parent.with_remote_span_context(span.span_context().clone())
+        };
         MessagingSpan {
-            cx: parent.with_span(span),
+            cx,
             started: clock,
             operation_type: self.operation_type,
             metric_attributes,
@@ -744,6 +753,45 @@ mod tests {
         assert_eq!(again.as_str(), orders.as_str());
         let hit = destination_name("orders");
         assert!(std::ptr::eq(again.as_str(), hit.as_str()));
+    }
+
+    #[test]
+    fn a_dropped_span_still_carries_its_context_onward() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        let instrumentation = Instrumentation::builder()
+            .with_tracer_provider(&provider)
+            .build();
+        let trace_id = TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128);
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            SpanId::from(0xb7ad_6b71_6920_3331_u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        ));
+        let span = MessagingSpanBuilder::new("kafka", OperationType::Send, "send")
+            .with_destination("orders")
+            .start(&instrumentation, &parent);
+        let sc = span.span_context();
+        assert!(sc.is_valid() && !sc.is_sampled() && !sc.is_remote());
+        assert_eq!(sc.trace_id(), trace_id);
+        assert_ne!(sc.span_id(), SpanId::from(0xb7ad_6b71_6920_3331_u64));
+        assert!(!span.context().span().is_recording());
+        let injected = instrumentation.propagation().inject(span.context());
+        let traceparent = injected
+            .iter()
+            .find(|(key, _)| *key == "traceparent")
+            .map(|(_, value)| value.to_owned());
+        assert_eq!(
+            traceparent,
+            Some(format!("00-{trace_id}-{}-00", sc.span_id()))
+        );
+        span.end();
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn a_traced_kafka_message_adds_at_most_8_allocations() {
 /// Issue 17: a message the sampler drops costs at most 3 allocations more than the raw
 /// client's (propagation and metrics only).
 #[test]
-#[ignore = "issue 17: 17 allocations today, bound 3"]
+#[ignore = "issue 17: 15 allocations today, bound 3"]
 fn an_unsampled_kafka_message_adds_at_most_3_allocations() {
     let (raw, traced) = measure(Sampler::AlwaysOff);
     let added = traced - raw;
@@ -259,7 +259,7 @@ fn an_unsampled_kafka_message_adds_at_most_3_allocations() {
 #[test]
 fn allocations_per_message_do_not_grow() {
     const SAMPLED_TODAY: f64 = 17.0;
-    const UNSAMPLED_TODAY: f64 = 17.0;
+    const UNSAMPLED_TODAY: f64 = 15.0;
     let (raw, sampled) = measure(sampled());
     let (raw_unsampled, unsampled) = measure(Sampler::AlwaysOff);
     let (added, added_unsampled) = (sampled - raw, unsampled - raw_unsampled);
