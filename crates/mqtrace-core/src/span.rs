@@ -412,7 +412,13 @@ impl MessagingSpanBuilder {
 
     /// Links the span to several contexts.
     pub fn with_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
-        self.links.extend(links);
+        if self.links.is_empty() {
+            // Collecting a `Vec`'s own iterator keeps its buffer: a vector of links handed
+            // over (a process span's link to its message) is moved, not copied.
+            self.links = links.into_iter().collect();
+        } else {
+            self.links.extend(links);
+        }
         self
     }
 
