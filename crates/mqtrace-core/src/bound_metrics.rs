@@ -94,7 +94,8 @@ fn same(cached: &[KeyValue], attributes: &[KeyValue]) -> bool {
         })
 }
 
-fn same_str(a: &str, b: &str) -> bool {
+/// Whether two strings are equal: by address and length first, by bytes otherwise.
+pub(crate) fn same_str(a: &str, b: &str) -> bool {
     (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }
 

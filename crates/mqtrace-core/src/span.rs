@@ -441,38 +441,121 @@ impl MessagingSpanBuilder {
         }
     }
 
-    /// The metric attributes, taking the destination, group and server out of the builder
-    /// (moved, not cloned: this runs once per message).
-    fn take_metric_attributes(&mut self) -> Vec<KeyValue> {
-        // Room for `error.type`, pushed when the span ends with an error.
-        let mut attributes = Vec::with_capacity(7);
+    /// The metric attributes, taking the destination, group and server out of the builder:
+    /// the same list for every message of a client, so it is shared
+    /// ([`shared_metric_attributes`]) rather than made per span.
+    fn take_metric_attributes(&mut self) -> Arc<[KeyValue]> {
+        let key = MetricKey {
+            system: self.system,
+            operation_name: self.operation_name,
+            destination: self.destination.take(),
+            consumer_group: self.consumer_group.take(),
+            server: self.server.take(),
+        };
+        shared_metric_attributes(key)
+    }
+}
+
+/// What a span's metric attributes are made of.
+struct MetricKey {
+    system: &'static str,
+    operation_name: &'static str,
+    destination: Option<StringValue>,
+    consumer_group: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
+}
+
+impl MetricKey {
+    fn matches(&self, other: &MetricKey) -> bool {
+        fn same(a: &Option<StringValue>, b: &Option<StringValue>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => crate::bound_metrics::same_str(a.as_str(), b.as_str()),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let server = match (&self.server, &other.server) {
+            (Some((a, p)), Some((b, q))) => {
+                p == q && crate::bound_metrics::same_str(a.as_str(), b.as_str())
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        crate::bound_metrics::same_str(self.system, other.system)
+            && crate::bound_metrics::same_str(self.operation_name, other.operation_name)
+            && server
+            && same(&self.destination, &other.destination)
+            && same(&self.consumer_group, &other.consumer_group)
+    }
+
+    /// `messaging.system`, `messaging.operation.name`, then the destination, consumer group
+    /// and server, those that are set.
+    fn attributes(&self) -> Arc<[KeyValue]> {
+        let mut attributes = Vec::with_capacity(6);
         attributes.push(KeyValue::new(semconv::MESSAGING_SYSTEM, self.system));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_NAME,
             self.operation_name,
         ));
-        if let Some(destination) = self.destination.take() {
+        if let Some(destination) = &self.destination {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_DESTINATION_NAME,
-                Value::String(destination),
+                Value::String(destination.clone()),
             ));
         }
-        if let Some(group) = self.consumer_group.take() {
+        if let Some(group) = &self.consumer_group {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                Value::String(group),
+                Value::String(group.clone()),
             ));
         }
-        if let Some((address, port)) = self.server.take() {
+        if let Some((address, port)) = &self.server {
             attributes.push(KeyValue::new(
                 semconv::SERVER_ADDRESS,
-                Value::String(address),
+                Value::String(address.clone()),
             ));
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
         }
-        attributes
+        attributes.into()
     }
+}
 
+/// The metric attributes for `key`, shared: each thread keeps the last few lists it made
+/// (`METRIC_ATTRIBUTE_CACHE` of them, most recent first), so the spans of one client share
+/// one list instead of each copying five or six attributes into a vector of its own. A hit
+/// compares a few addresses (the client's strings are shared); a miss makes the list once.
+fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
+    const METRIC_ATTRIBUTE_CACHE: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<(MetricKey, Arc<[KeyValue]>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut key = Some(key);
+    let cached = RECENT
+        .try_with(|recent| {
+            let mut recent = recent.try_borrow_mut().ok()?;
+            let probe = key.as_ref()?;
+            match recent.iter().position(|(seen, _)| seen.matches(probe)) {
+                Some(index) => {
+                    recent[..=index].rotate_right(1);
+                    Some(Arc::clone(&recent[0].1))
+                }
+                None => {
+                    let key = key.take()?;
+                    let made = key.attributes();
+                    recent.truncate(METRIC_ATTRIBUTE_CACHE - 1);
+                    recent.insert(0, (key, Arc::clone(&made)));
+                    Some(made)
+                }
+            }
+        })
+        .ok()
+        .flatten();
+    // Without the cache (the thread is being torn down), made for this span alone.
+    cached.unwrap_or_else(|| key.map_or_else(|| Arc::from([]), |key| key.attributes()))
+}
+
+impl MessagingSpanBuilder {
     /// Starts the span as a child of `parent`, with the instrumentation's tracer.
     pub fn start(self, instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
         self.start_inner(instrumentation, parent, None)
@@ -567,7 +650,8 @@ pub struct MessagingSpan {
     cx: Context,
     started: Instant,
     operation_type: OperationType,
-    metric_attributes: Vec<KeyValue>,
+    /// Shared with the client's other spans; `error.type` is added in a copy.
+    metric_attributes: Arc<[KeyValue]>,
     message_count: u64,
     metrics: Option<Arc<MessagingMetrics>>,
 }
@@ -672,13 +756,22 @@ impl MessagingSpan {
         };
         let seconds = self.started.elapsed().as_secs_f64();
         let span = self.cx.span();
-        if let Some((error_type, description)) = error {
-            let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
-            span.set_attribute(error_type.clone());
-            span.set_status(Status::error(description));
-            self.metric_attributes.push(error_type);
-        }
-        let attributes = &self.metric_attributes;
+        let with_error: Vec<KeyValue>;
+        let attributes: &[KeyValue] = match error {
+            Some((error_type, description)) => {
+                let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
+                span.set_attribute(error_type.clone());
+                span.set_status(Status::error(description));
+                with_error = self
+                    .metric_attributes
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(error_type))
+                    .collect();
+                &with_error
+            }
+            None => &self.metric_attributes,
+        };
         match self.operation_type {
             OperationType::Create | OperationType::Send => {
                 metrics.record_operation_duration(attributes, seconds);
