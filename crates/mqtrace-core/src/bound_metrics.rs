@@ -12,6 +12,7 @@
 //! the SDK. Bindings live as long as their cache entry; the SDK never evicts a bound series.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::thread::LocalKey;
 
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
@@ -33,7 +34,8 @@ pub(crate) struct InstrumentId {
 
 struct Entry<B> {
     instrument: InstrumentId,
-    attributes: Vec<KeyValue>,
+    /// Kept alive by the entry, so a list at this address is this list.
+    attributes: Arc<[KeyValue]>,
     bound: B,
 }
 
@@ -47,10 +49,15 @@ thread_local! {
 /// Runs `use_bound` on this thread's binding of (`instrument`, `attributes`) in `cache`,
 /// binding it with `bind` first on a miss. Returns `false`, doing nothing, when the cache is
 /// unavailable (the thread is being torn down): the caller then records unbound.
+///
+/// `shared` is `attributes` as a shared list (a span's metric attributes), if it is one: the
+/// entry then keeps that list, and the next measurement with the same list is found by its
+/// address alone.
 fn with_bound<B: 'static>(
     cache: &'static LocalKey<Cache<B>>,
     instrument: InstrumentId,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
     bind: impl FnOnce() -> B,
     use_bound: impl FnOnce(&B),
 ) -> bool {
@@ -59,9 +66,12 @@ fn with_bound<B: 'static>(
             let Ok(mut cache) = cache.try_borrow_mut() else {
                 return false;
             };
-            let found = cache
-                .iter()
-                .position(|e| e.instrument == instrument && same(&e.attributes, attributes));
+            let found = cache.iter().position(|e| {
+                e.instrument == instrument
+                    && ((std::ptr::eq(e.attributes.as_ptr(), attributes.as_ptr())
+                        && e.attributes.len() == attributes.len())
+                        || same(&e.attributes, attributes))
+            });
             match found {
                 // Most recent first: one shift brings a hit to the front.
                 Some(index) => cache[..=index].rotate_right(1),
@@ -71,7 +81,7 @@ fn with_bound<B: 'static>(
                         0,
                         Entry {
                             instrument,
-                            attributes: attributes.to_vec(),
+                            attributes: shared.map_or_else(|| Arc::from(attributes), Arc::clone),
                             bound: bind(),
                         },
                     );
@@ -114,9 +124,12 @@ pub(crate) fn add(
     counter: &Counter<u64>,
     value: u64,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
 ) {
     let bind = || counter.bind(attributes);
-    if !with_bound(&COUNTERS, instrument, attributes, bind, |b| b.add(value)) {
+    if !with_bound(&COUNTERS, instrument, attributes, shared, bind, |b| {
+        b.add(value)
+    }) {
         counter.add(value, attributes);
     }
 }
@@ -127,9 +140,10 @@ pub(crate) fn record(
     histogram: &Histogram<f64>,
     value: f64,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
 ) {
     let bind = || histogram.bind(attributes);
-    if !with_bound(&HISTOGRAMS, instrument, attributes, bind, |b| {
+    if !with_bound(&HISTOGRAMS, instrument, attributes, shared, bind, |b| {
         b.record(value)
     }) {
         histogram.record(value, attributes);

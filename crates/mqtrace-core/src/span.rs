@@ -757,7 +757,8 @@ impl MessagingSpan {
         let seconds = self.started.elapsed().as_secs_f64();
         let span = self.cx.span();
         let with_error: Vec<KeyValue>;
-        let attributes: &[KeyValue] = match error {
+        let shared = Some(&self.metric_attributes);
+        let (attributes, shared): (&[KeyValue], _) = match error {
             Some((error_type, description)) => {
                 let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
                 span.set_attribute(error_type.clone());
@@ -768,21 +769,26 @@ impl MessagingSpan {
                     .cloned()
                     .chain(std::iter::once(error_type))
                     .collect();
-                &with_error
+                (&with_error, None)
             }
-            None => &self.metric_attributes,
+            None => (&self.metric_attributes, shared),
         };
+        let count = self.message_count;
         match self.operation_type {
             OperationType::Create | OperationType::Send => {
-                metrics.record_operation_duration(attributes, seconds);
-                metrics.record_sent(attributes, self.message_count);
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+                metrics.record_sent_in(attributes, shared, count);
             }
             OperationType::Receive => {
-                metrics.record_operation_duration(attributes, seconds);
-                metrics.record_consumed(attributes, self.message_count);
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+                metrics.record_consumed_in(attributes, shared, count);
             }
-            OperationType::Settle => metrics.record_operation_duration(attributes, seconds),
-            OperationType::Process => metrics.record_process_duration(attributes, seconds),
+            OperationType::Settle => {
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+            }
+            OperationType::Process => {
+                metrics.record_process_duration_in(attributes, shared, seconds)
+            }
         }
         span.end();
     }
