@@ -445,15 +445,33 @@ impl MessagingSpanBuilder {
     /// the same list for every message of a client, so it is shared
     /// ([`shared_metric_attributes`]) rather than made per span.
     fn take_metric_attributes(&mut self) -> Arc<[KeyValue]> {
-        let key = MetricKey {
-            system: self.system,
-            operation_name: self.operation_name,
-            destination: self.destination.take(),
-            consumer_group: self.consumer_group.take(),
-            server: self.server.take(),
-        };
-        shared_metric_attributes(key)
+        shared_attributes(
+            self.system,
+            self.operation_name,
+            self.destination.take(),
+            self.consumer_group.take(),
+            self.server.take(),
+        )
     }
+}
+
+/// The metric attributes of a messaging operation (`messaging.system`,
+/// `messaging.operation.name`, then the destination, consumer group and server, those that
+/// are given), shared per thread: see [`shared_metric_attributes`].
+pub(crate) fn shared_attributes(
+    system: &'static str,
+    operation_name: &'static str,
+    destination: Option<StringValue>,
+    consumer_group: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
+) -> Arc<[KeyValue]> {
+    shared_metric_attributes(MetricKey {
+        system,
+        operation_name,
+        destination,
+        consumer_group,
+        server,
+    })
 }
 
 /// What a span's metric attributes are made of.
