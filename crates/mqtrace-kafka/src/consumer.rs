@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::SYSTEM;
 use crate::error::{Error, Result, error_type};
-use crate::headers::KafkaHeaders;
+use crate::headers::HeaderSnapshot;
 
 /// A consumed message with the producer's context extracted from its headers.
 ///
@@ -241,7 +241,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
 
     fn traced<'m>(&self, message: BorrowedMessage<'m>) -> TracedMessage<'m> {
         let extracted = match message.headers() {
-            Some(headers) => self.instrumentation.extract(SYSTEM, &KafkaHeaders(headers)),
+            Some(headers) => self
+                .instrumentation
+                .extract(SYSTEM, &HeaderSnapshot::new(headers)),
             None => Extracted {
                 context: Context::new(),
                 outcome: ExtractOutcome::Missing,
