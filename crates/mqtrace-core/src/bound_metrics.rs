@@ -105,6 +105,7 @@ fn same(cached: &[KeyValue], attributes: &[KeyValue]) -> bool {
 }
 
 /// Whether two strings are equal: by address and length first, by bytes otherwise.
+#[inline]
 pub(crate) fn same_str(a: &str, b: &str) -> bool {
     (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }

@@ -539,7 +539,7 @@ impl MetricKey {
 }
 
 /// The metric attributes for `key`, shared: each thread keeps the last few lists it made
-/// (`METRIC_ATTRIBUTE_CACHE` of them, most recent first), so the spans of one client share
+/// (`METRIC_ATTRIBUTE_CACHE` of them, newest first), so the spans of one client share
 /// one list instead of each copying five or six attributes into a vector of its own. A hit
 /// compares a few addresses (the client's strings are shared); a miss makes the list once.
 fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
@@ -553,11 +553,10 @@ fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
         .try_with(|recent| {
             let mut recent = recent.try_borrow_mut().ok()?;
             let probe = key.as_ref()?;
-            match recent.iter().position(|(seen, _)| seen.matches(probe)) {
-                Some(index) => {
-                    recent[..=index].rotate_right(1);
-                    Some(Arc::clone(&recent[0].1))
-                }
+            // Not reordered on a hit: a client alternates between a few lists (send,
+            // receive, process), and moving the entries would cost more than the search.
+            match recent.iter().find(|(seen, _)| seen.matches(probe)) {
+                Some((_, shared)) => Some(Arc::clone(shared)),
                 None => {
                     let key = key.take()?;
                     let made = key.attributes();
