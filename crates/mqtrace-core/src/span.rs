@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
-use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer,
-};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::Instrumentation;
@@ -631,9 +629,7 @@ impl MessagingSpanBuilder {
             grown.append(&mut attributes);
             attributes = grown;
         }
-        let tracer = instrumentation.tracer();
-        let mut span_builder = tracer
-            .span_builder(name)
+        let mut span_builder = opentelemetry::trace::SpanBuilder::from_name(name)
             .with_kind(self.operation_type.span_kind())
             .with_attributes(attributes)
             .with_links(self.links);
@@ -642,14 +638,9 @@ impl MessagingSpanBuilder {
             span_builder = span_builder.with_start_time(started);
             clock -= started.elapsed().unwrap_or_default();
         }
-        let span = span_builder.start_with_context(tracer, parent);
-        // A span the sampler dropped records nothing: its context only has to carry the span
-        // context onward (injection, children), which needs no boxed span behind it.
-        let cx = if span.is_recording() {
-            parent.with_span(span)
-        } else {
-            parent.with_remote_span_context(span.span_context().clone())
-        };
+        // A span the sampler dropped records nothing: its context only carries the span
+        // context onward (injection, children), with no boxed span behind it.
+        let cx = instrumentation.start_in_context(span_builder, parent);
         MessagingSpan {
             cx,
             started: clock,
