@@ -472,6 +472,66 @@ pub(crate) fn shared_attributes(
     })
 }
 
+/// Distinct span names kept for the life of the process (see [`interned_span_name`]).
+const INTERNED_NAMES: usize = 1024;
+
+/// The span name `{operation} {destination}` (or the bare operation), interned.
+///
+/// Span names are low-cardinality by design (an operation and a destination), and the SDK
+/// keeps each span's name as a `Cow<'static, str>`: made per span, it is an allocation and
+/// a copy for every message, freed again on the export thread. Instead each distinct name
+/// is made once and kept for the life of the process (at most [`INTERNED_NAMES`] of them,
+/// a few tens of KiB; beyond that, names are made per span as before), and each thread
+/// remembers the last few it used, so a span finds its name with a short compare.
+fn interned_span_name(operation: &'static str, destination: Option<&str>) -> Cow<'static, str> {
+    const RECENT_NAMES: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<&'static str>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Some(destination) = destination else {
+        return Cow::Borrowed(operation);
+    };
+    let is_name = |name: &str| {
+        name.len() == operation.len() + 1 + destination.len()
+            && name.starts_with(operation)
+            && name.as_bytes()[operation.len()] == b' '
+            && name.ends_with(destination)
+    };
+    let recent = RECENT.try_with(|recent| {
+        let mut recent = recent.try_borrow_mut().ok()?;
+        if let Some(name) = recent.iter().find(|name| is_name(name)) {
+            return Some(Cow::Borrowed(*name));
+        }
+        let interned = intern(format!("{operation} {destination}"))?;
+        recent.truncate(RECENT_NAMES - 1);
+        recent.insert(0, interned);
+        Some(Cow::Borrowed(interned))
+    });
+    match recent {
+        Ok(Some(name)) => name,
+        _ => Cow::Owned(format!("{operation} {destination}")),
+    }
+}
+
+/// `name` as a string that lives as long as the process, or `None` once
+/// [`INTERNED_NAMES`] names are kept.
+fn intern(name: String) -> Option<&'static str> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(kept) = names.iter().find(|kept| **kept == name) {
+        return Some(kept);
+    }
+    if names.len() >= INTERNED_NAMES {
+        return None;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.push(kept);
+    Some(kept)
+}
+
 /// What a span's metric attributes are made of.
 struct MetricKey {
     system: &'static str,
@@ -593,18 +653,10 @@ impl MessagingSpanBuilder {
         parent: &Context,
         started: Option<std::time::SystemTime>,
     ) -> MessagingSpan {
-        let name = match &self.destination {
-            Some(destination) => {
-                let destination = destination.as_str();
-                let mut name =
-                    String::with_capacity(self.operation_name.len() + 1 + destination.len());
-                name.push_str(self.operation_name);
-                name.push(' ');
-                name.push_str(destination);
-                Cow::Owned(name)
-            }
-            None => Cow::Borrowed(self.operation_name),
-        };
+        let name = interned_span_name(
+            self.operation_name,
+            self.destination.as_ref().map(StringValue::as_str),
+        );
         let metric_attributes = self.take_metric_attributes();
         let operation_type = KeyValue::new(
             semconv::MESSAGING_OPERATION_TYPE,
@@ -905,6 +957,23 @@ mod tests {
             Some(format!("00-{trace_id}-{}-00", sc.span_id()))
         );
         span.end();
+    }
+
+    #[test]
+    fn span_names_are_interned_and_exact() {
+        let first = interned_span_name("send", Some("orders"));
+        assert_eq!(first, "send orders");
+        assert!(matches!(first, Cow::Borrowed(_)));
+        let again = interned_span_name("send", Some("orders"));
+        assert!(std::ptr::eq(first.as_ptr(), again.as_ptr()));
+        // Names that share a prefix or a suffix are not confused.
+        assert_eq!(interned_span_name("send", Some("order")), "send order");
+        assert_eq!(interned_span_name("sen", Some("d orders")), "sen d orders");
+        assert_eq!(
+            interned_span_name("process", Some("orders")),
+            "process orders"
+        );
+        assert_eq!(interned_span_name("poll", None), "poll");
     }
 
     #[test]
