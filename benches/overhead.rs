@@ -17,7 +17,20 @@
 //! | `propagation` | inject + extract time, mqtrace on rdkafka / AMQP headers ÷ the SDK's `TraceContextPropagator` on a `HashMap` (the worse of the two carriers) | ≤ 1.0 |
 //! | `batch_tracing_share` | tracing time per batch of 1,024 (links, attributes, spans) ÷ the CPU model's time for that batch | < 0.01 |
 //! | `send_latency_blocked_exporter` | traced send latency with the collector hanging ÷ with it healthy (the worse of p50 and p99) | ≤ 1.05 |
+//! | `kafka_by_hand` | raw rdkafka + the bare SDK recording the same spans, link and measurements by hand (what a careful user writes) ÷ raw, msg/s; a third side interleaved in the Kafka pairs | — |
+//! | `kafka_vs_hand` | mqtrace traced ÷ by hand, msg/s | ≥ 0.95 |
+//! | `unsampled_share` | (traced with an `always_off` sampler − raw) ÷ (traced − raw), CPU per message | ≤ 0.25 |
+//! | `allocations_per_message` | allocations mqtrace adds per Kafka message, send + process, all threads (traced − raw; `sampled=`, `unsampled=`); a counting allocator, on only in one short round per side | ≤ 8, ≤ 3 |
+//! | `sdk_floor_ratio` | (traced − raw) CPU per message ÷ the bare SDK recording exactly the same spans, attributes, link, parent and measurements with no broker (`kafka=`, `amqp=`), same run | ≤ 1.5 |
 //! | `export_spans_per_s` | spans per second one export thread writes: `file=` OTLP-JSON lines (mqtrace's file exporter), `otlp_http=` OTLP/HTTP protobuf to the testkit's receiver on loopback; the main job's span mix, batches of 512 | file ≥ 200,000 |
+//!
+//! The floor (`sdk_floor` module) is written out by hand against the SDK, not derived from
+//! mqtrace, so it cannot shrink when mqtrace sheds work; before the Kafka and AMQP figures
+//! run, one message through mqtrace and one through the floor are captured in memory and the
+//! benchmark stops if their spans differ in kind, name, attributes, links or parent.
+//! Instruction counts (repeatable, unlike time on a shared VM) come from
+//! `scripts/callgrind-overhead`, which runs single sides (`--side NAME --messages N`) under
+//! callgrind at two message counts and prints the same ratios by instructions.
 //!
 //! A throughput figure whose traced side lost spans (the export queue overflowed: dropped
 //! spans cost less than exported ones and would flatter it) prints `INVALID` after its ratio.
@@ -89,9 +102,19 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, InMemorySpanExporter, Sampler, SdkTracerProvider,
+    SpanData, SpanExporter,
 };
 use tokio::runtime::Runtime;
+
+#[path = "overhead/sdk_floor.rs"]
+mod sdk_floor;
+
+use sdk_floor::{AmqpFloor, HandKafka, KafkaFloor, count_allocations};
+
+/// Counts allocations for `allocations_per_message` (off, and nearly free, in timed rounds).
+#[global_allocator]
+static GLOBAL: sdk_floor::CountingAllocator = sdk_floor::CountingAllocator;
 
 /// Message size for both brokers.
 const PAYLOAD_BYTES: usize = 1024;
@@ -112,6 +135,10 @@ const AMQP_WINDOW: usize = 512;
 const AMQP_PREFETCH: u16 = 1000;
 /// A consumer that gets nothing for this long has lost messages: the round stops and says so.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The floor records without a broker to pace it, faster than the export thread drains:
+/// it waits for the export every this many messages, so its queue (65,536) never overflows
+/// (a dropped span would make the floor cheaper than what it stands for).
+const FLOOR_FLUSH_EVERY: usize = 8_192;
 /// Batch size of the worker figure.
 const BATCH: usize = 1024;
 /// Hidden layers of the main job's model (`examples/batch_inference.rs`).
@@ -164,6 +191,19 @@ impl Sizes {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Some(side) = value_of("--side") {
+        let messages: usize = value_of("--messages")
+            .map(|n| n.parse())
+            .transpose()
+            .context("--messages takes a number")?
+            .unwrap_or(20_000);
+        return one_side(side, messages);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     // Words that are not flags select figures by name (cargo passes `--bench` itself).
     let filters: Vec<&str> = args
@@ -199,16 +239,18 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(batch_tracing_share(&sizes))?;
         took(started);
     }
+    let mut floors = FloorRatios::default();
     if wanted("kafka_throughput") {
         let started = Instant::now();
-        runtime.block_on(kafka_throughput(&sizes))?;
+        runtime.block_on(kafka_throughput(&sizes, &mut floors))?;
         took(started);
     }
     if wanted("amqp_throughput") {
         let started = Instant::now();
-        runtime.block_on(amqp_throughput(&sizes))?;
+        runtime.block_on(amqp_throughput(&sizes, &mut floors))?;
         took(started);
     }
+    floors.print();
     if wanted("export_spans_per_s") {
         let started = Instant::now();
         export_spans_per_s(&runtime, &sizes)?;
@@ -218,6 +260,64 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         send_latency_blocked_exporter(&runtime, &sizes)?;
         took(started);
+    }
+    Ok(())
+}
+
+/// `--side NAME --messages N`: one round of one side and nothing else, for instruction
+/// counts (`scripts/callgrind-overhead` runs each side at two message counts and takes the
+/// slope, so setup cancels). Sides: `raw`, `traced`, `unsampled`, `by_hand`, `floor`
+/// (Kafka), `amqp_raw`, `amqp_traced`, `amqp_floor`.
+fn one_side(side: &str, messages: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let payload = payload();
+    let telemetry = if side == "unsampled" {
+        InProcessTelemetry::unsampled()
+    } else {
+        InProcessTelemetry::new()
+    };
+    let round = runtime.block_on(async {
+        if side.starts_with("amqp") {
+            let rabbit = RabbitFixture::connect().await?;
+            return match side {
+                "amqp_raw" => amqp_round(&rabbit, None, messages, &payload).await,
+                "amqp_traced" => amqp_round(&rabbit, Some(&telemetry), messages, &payload).await,
+                "amqp_floor" => Ok(amqp_floor_round(&telemetry, rabbit.url(), messages)),
+                other => bail!("unknown side {other}"),
+            };
+        }
+        let kafka = KafkaFixture::embedded(1)?;
+        match side {
+            "raw" => kafka_round::<RawKafka>(&kafka, &telemetry, messages, &payload, false).await,
+            "traced" | "unsampled" => {
+                kafka_round::<TracedKafka>(&kafka, &telemetry, messages, &payload, false).await
+            }
+            "by_hand" => {
+                kafka_round::<HandKafka>(&kafka, &telemetry, messages, &payload, false).await
+            }
+            "floor" => Ok(kafka_floor_round(
+                &telemetry,
+                kafka.bootstrap_servers(),
+                messages,
+                false,
+            )),
+            other => bail!("unknown side {other}"),
+        }
+    })?;
+    let exported = telemetry.flush();
+    println!(
+        "side {side}: {} of {} messages, {:.2} µs CPU each, {} spans exported",
+        round.consumed,
+        round.sent,
+        round.cpu_per_message(),
+        exported
+    );
+    if round.consumed < round.sent {
+        bail!("messages were lost: the counts are not comparable");
     }
     Ok(())
 }
@@ -332,6 +432,27 @@ struct InProcessTelemetry {
 
 impl InProcessTelemetry {
     fn new() -> Self {
+        Self::with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+    }
+
+    /// Like [`InProcessTelemetry::new`], every span dropped by the sampler (`always_off`).
+    fn unsampled() -> Self {
+        Self::with_sampler(Sampler::AlwaysOff)
+    }
+
+    /// Finished spans kept in memory, exported one by one as they end (for shape checks).
+    fn capturing() -> (Self, InMemorySpanExporter) {
+        let exporter = InMemorySpanExporter::default();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        (
+            Self::from_tracer_provider(tracer_provider, Arc::default()),
+            exporter,
+        )
+    }
+
+    fn with_sampler(sampler: Sampler) -> Self {
         let exporter = CountingExporter::default();
         let exported = Arc::clone(&exporter.spans);
         // A queue deep enough that a burst of 200,000 messages loses nothing: a dropped
@@ -347,7 +468,15 @@ impl InProcessTelemetry {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
+            .with_sampler(sampler)
             .build();
+        Self::from_tracer_provider(tracer_provider, exported)
+    }
+
+    fn from_tracer_provider(
+        tracer_provider: SdkTracerProvider,
+        exported: Arc<AtomicUsize>,
+    ) -> Self {
         let meter_provider = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
             .build();
@@ -841,6 +970,8 @@ struct Round {
     elapsed: Duration,
     /// CPU seconds this process used in the round, all threads.
     cpu: f64,
+    /// Allocations in the round, all threads (0 unless the round counted them).
+    allocations: usize,
 }
 
 impl Round {
@@ -852,26 +983,16 @@ impl Round {
     fn cpu_per_message(&self) -> f64 {
         self.cpu * 1e6 / self.consumed.max(1) as f64
     }
+
+    fn allocations_per_message(&self) -> f64 {
+        self.allocations as f64 / self.consumed.max(1) as f64
+    }
 }
 
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
-/// (clock ticks, assumed 100 per second as on every Linux this runs on); 0 elsewhere.
+/// CPU seconds (user + system) this process has used so far, all threads (nanosecond
+/// resolution; see [`sdk_floor::process_cpu_seconds`]).
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime: fields 14 and 15 of the line, counting the state (field 3) as 0.
-    (ticks(11) + ticks(12)) / 100.0
+    sdk_floor::process_cpu_seconds()
 }
 
 /// The two sides of a Kafka round, so raw and traced clients run the same loop.
@@ -960,11 +1081,14 @@ impl KafkaSide for TracedKafka {
 }
 
 /// One round: `messages` × 1 KiB produced to a fresh topic while a consumer reads them.
+///
+/// With `count_allocs`, the allocations of the timed window (all threads) are counted.
 async fn kafka_round<S: KafkaSide + Send + Sync + 'static>(
     kafka: &KafkaFixture,
     telemetry: &InProcessTelemetry,
     messages: usize,
     payload: &[u8],
+    count_allocs: bool,
 ) -> anyhow::Result<Round> {
     let topic = kafka.create_topic("bench", KAFKA_PARTITIONS).await?;
     let side = Arc::new(S::create(
@@ -989,6 +1113,7 @@ async fn kafka_round<S: KafkaSide + Send + Sync + 'static>(
     }
 
     let consumed = Arc::new(AtomicUsize::new(0));
+    let allocations_started = count_allocations(count_allocs);
     let cpu_started = cpu_seconds();
     let started = Instant::now();
     let reader = {
@@ -1028,40 +1153,148 @@ async fn kafka_round<S: KafkaSide + Send + Sync + 'static>(
     }
     let last = reader.await??;
     let cpu = cpu_seconds() - cpu_started;
+    let allocations = count_allocations(false) - allocations_started;
     let consumed = consumed.load(Ordering::Relaxed);
     Ok(Round {
         sent: messages,
         consumed,
         elapsed: last.duration_since(started),
         cpu,
+        allocations: if count_allocs { allocations } else { 0 },
     })
+}
+
+/// The Kafka floor for `messages` messages: [`KafkaFloor`] in a loop, then the export of
+/// what it queued; CPU time of the whole process, the export thread included.
+fn kafka_floor_round(
+    telemetry: &InProcessTelemetry,
+    bootstrap: &str,
+    messages: usize,
+    count_allocs: bool,
+) -> Round {
+    let floor = KafkaFloor::new(telemetry, &unique_name("bench-floor"), bootstrap);
+    floor.message(0, PAYLOAD_BYTES); // first-use costs (bindings, thread-locals)
+    telemetry.flush();
+    let allocations_started = count_allocations(count_allocs);
+    let cpu_started = cpu_seconds();
+    let started = Instant::now();
+    for offset in 0..messages {
+        floor.message(offset as i64, PAYLOAD_BYTES);
+        if offset % FLOOR_FLUSH_EVERY == FLOOR_FLUSH_EVERY - 1 {
+            telemetry.flush();
+        }
+    }
+    telemetry.flush();
+    let cpu = cpu_seconds() - cpu_started;
+    let allocations = count_allocations(false) - allocations_started;
+    Round {
+        sent: messages,
+        consumed: messages,
+        elapsed: started.elapsed(),
+        cpu,
+        allocations: if count_allocs { allocations } else { 0 },
+    }
+}
+
+/// One message through mqtrace's Kafka wrappers and one through [`KafkaFloor`], each
+/// captured in memory: the benchmark stops unless their spans have the same shape.
+async fn check_kafka_floor(kafka: &KafkaFixture) -> anyhow::Result<()> {
+    let (ours, our_spans) = InProcessTelemetry::capturing();
+    let topic = kafka.create_topic("bench-shape", 1).await?;
+    let side = TracedKafka::create(
+        &kafka.producer_config(),
+        &kafka.consumer_config(&unique_name("bench")),
+        &ours,
+    )?;
+    assign_all(side.consumer.inner(), &topic, 1)?;
+    side.send(FutureRecord::<[u8], [u8]>::to(&topic).payload(&payload()))
+        .await?;
+    tokio::time::timeout(IDLE_TIMEOUT, side.receive())
+        .await
+        .context("shape-check message")??;
+    let (floor, floor_spans) = InProcessTelemetry::capturing();
+    let floor_topic = unique_name("bench-floor");
+    KafkaFloor::new(&floor, &floor_topic, kafka.bootstrap_servers()).message(7, PAYLOAD_BYTES);
+    sdk_floor::check_shapes(
+        "Kafka",
+        &our_spans.get_finished_spans()?,
+        &topic,
+        &floor_spans.get_finished_spans()?,
+        &floor_topic,
+    )
 }
 
 /// `kafka_throughput`: produce + consume through the embedded Kafka, raw rdkafka
 /// (`FutureProducer`/`StreamConsumer`) vs `TracedProducer`/`TracedConsumer` (a send span per
 /// message ended by its delivery report, a process span per message around the handler).
-async fn kafka_throughput(sizes: &Sizes) -> anyhow::Result<()> {
+///
+/// Each pair also runs, interleaved: the same client instrumented by hand with the bare SDK
+/// ([`HandKafka`]: `kafka_by_hand`, `kafka_vs_hand`), mqtrace with an `always_off` sampler
+/// (`unsampled_share`), and the bare-SDK floor with no broker ([`KafkaFloor`]:
+/// `sdk_floor_ratio`). After the timed pairs, one shorter round per side counts allocations
+/// (`allocations_per_message`).
+async fn kafka_throughput(sizes: &Sizes, floors: &mut FloorRatios) -> anyhow::Result<()> {
     let telemetry = InProcessTelemetry::new();
+    let hand_telemetry = InProcessTelemetry::new();
+    let floor_telemetry = InProcessTelemetry::new();
+    let unsampled_telemetry = InProcessTelemetry::unsampled();
     let kafka = KafkaFixture::embedded(1)?;
+    check_kafka_floor(&kafka).await?;
     let payload = payload();
     let messages = sizes.kafka_messages;
     let spans_before = telemetry.flush();
+    let hand_before = hand_telemetry.flush();
+    let floor_before = floor_telemetry.flush();
+    let bootstrap = kafka.bootstrap_servers().to_owned();
     let (mut raw, mut traced, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_cpu, mut traced_cpu) = (Vec::new(), Vec::new());
+    let (mut hand_ratios, mut vs_hand, mut hand_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut unsampled_cpu, mut unsampled_shares) = (Vec::new(), Vec::new());
+    let (mut floor_cpu, mut floor_ratios) = (Vec::new(), Vec::new());
     let mut lost = 0;
     for _ in 0..sizes.kafka_pairs {
-        let r = kafka_round::<RawKafka>(&kafka, &telemetry, messages, &payload).await?;
-        let t = kafka_round::<TracedKafka>(&kafka, &telemetry, messages, &payload).await?;
-        lost += (r.sent - r.consumed) + (t.sent - t.consumed);
+        let r = kafka_round::<RawKafka>(&kafka, &telemetry, messages, &payload, false).await?;
+        let t = kafka_round::<TracedKafka>(&kafka, &telemetry, messages, &payload, false).await?;
+        let h =
+            kafka_round::<HandKafka>(&kafka, &hand_telemetry, messages, &payload, false).await?;
+        let u = kafka_round::<TracedKafka>(&kafka, &unsampled_telemetry, messages, &payload, false)
+            .await?;
+        // Twice the messages: the floor is short, and CPU time on a shared machine is noisy.
+        let f = kafka_floor_round(&floor_telemetry, &bootstrap, 2 * messages, false);
+        for round in [&r, &t, &h, &u] {
+            lost += round.sent - round.consumed;
+        }
         ratios.push(t.rate() / r.rate());
+        hand_ratios.push(h.rate() / r.rate());
+        vs_hand.push(t.rate() / h.rate());
         raw.push(r.rate());
         traced.push(t.rate());
         raw_cpu.push(r.cpu_per_message());
         traced_cpu.push(t.cpu_per_message());
+        hand_cpu.push(h.cpu_per_message());
+        unsampled_cpu.push(u.cpu_per_message());
+        floor_cpu.push(f.cpu_per_message());
+        let overhead = t.cpu_per_message() - r.cpu_per_message();
+        unsampled_shares.push((u.cpu_per_message() - r.cpu_per_message()) / overhead);
+        floor_ratios.push(overhead / f.cpu_per_message());
     }
     let exported = telemetry.flush() - spans_before;
+    let hand_exported = hand_telemetry.flush() - hand_before;
+    let floor_exported = floor_telemetry.flush() - floor_before;
     // Per traced round: a send and a process span per message, warm-up included.
     let expected = sizes.kafka_pairs * 2 * (messages + KAFKA_PARTITIONS as usize);
+    let floor_expected = sizes.kafka_pairs * 2 * (2 * messages + 1);
+
+    // Allocations: one shorter round per side, counted.
+    let counted = (messages / 5).max(2_000);
+    let a_raw = kafka_round::<RawKafka>(&kafka, &telemetry, counted, &payload, true).await?;
+    let a_traced = kafka_round::<TracedKafka>(&kafka, &telemetry, counted, &payload, true).await?;
+    let a_unsampled =
+        kafka_round::<TracedKafka>(&kafka, &unsampled_telemetry, counted, &payload, true).await?;
+    let a_hand = kafka_round::<HandKafka>(&kafka, &hand_telemetry, counted, &payload, true).await?;
+    let a_floor = kafka_floor_round(&floor_telemetry, &bootstrap, counted, true);
+    let added = |round: &Round| round.allocations_per_message() - a_raw.allocations_per_message();
+
     let ratio = median(&mut ratios.clone());
     println!(
         "kafka_throughput: ratio={ratio:.2}{}",
@@ -1074,9 +1307,12 @@ async fn kafka_throughput(sizes: &Sizes) -> anyhow::Result<()> {
         list(&ratios, 3)
     );
     println!(
-        "  CPU per message, all threads (producer, consumer, librdkafka, the mock broker, span export): raw {:.1} µs, traced {:.1} µs",
+        "  CPU per message, all threads (producer, consumer, librdkafka, the mock broker, span export): raw {:.2} µs, traced {:.2} µs, by hand {:.2} µs, traced unsampled {:.2} µs; the bare-SDK floor (no broker) {:.2} µs",
         median(&mut raw_cpu),
-        median(&mut traced_cpu)
+        median(&mut traced_cpu),
+        median(&mut hand_cpu),
+        median(&mut unsampled_cpu),
+        median(&mut floor_cpu),
     );
     println!(
         "  {} pairs × {} messages × {PAYLOAD_BYTES} B each side, {KAFKA_PARTITIONS} partitions, producer ≤ {} ahead; lost: {lost}; spans exported {}/{}",
@@ -1091,7 +1327,85 @@ async fn kafka_throughput(sizes: &Sizes) -> anyhow::Result<()> {
             "  WARNING: {lost} messages never reached the consumer; the rounds are not comparable"
         );
     }
+    let hand_ratio = median(&mut hand_ratios.clone());
+    println!(
+        "kafka_by_hand: ratio={hand_ratio:.2}{}",
+        invalid_if_spans_lost(hand_exported, expected)
+    );
+    println!(
+        "  raw rdkafka + the bare SDK recording the same spans, link and measurements by hand (SDK tracer, W3C + Baggage propagators, bound instruments) ÷ raw; per-pair {}",
+        list(&hand_ratios, 3)
+    );
+    let vs_hand_ratio = median(&mut vs_hand.clone());
+    println!("kafka_vs_hand: ratio={vs_hand_ratio:.2}");
+    println!(
+        "  mqtrace traced ÷ by hand, msg/s; per-pair {}",
+        list(&vs_hand, 3)
+    );
+    let share = median(&mut unsampled_shares.clone());
+    println!("unsampled_share: kafka={share:.2}");
+    println!(
+        "  (traced with always_off − raw) ÷ (traced − raw), CPU per message; per-pair {} (instructions: scripts/callgrind-overhead)",
+        list(&unsampled_shares, 2)
+    );
+    println!(
+        "allocations_per_message: sampled={:.1} unsampled={:.1}",
+        added(&a_traced),
+        added(&a_unsampled)
+    );
+    println!(
+        "  send + process per Kafka message, all threads, traced − raw ({} messages per side); raw itself {:.1}, by hand adds {:.1}, the bare-SDK floor makes {:.1}",
+        thousands(counted as f64),
+        a_raw.allocations_per_message(),
+        added(&a_hand),
+        a_floor.allocations_per_message()
+    );
+    floors.kafka = Some(median(&mut floor_ratios.clone()));
+    floors.kafka_detail = format!(
+        "kafka per-pair {} (floor spans exported {}/{}{})",
+        list(&floor_ratios, 2),
+        thousands(floor_exported as f64),
+        thousands(floor_expected as f64),
+        if floor_exported < floor_expected {
+            ": INVALID, the floor dropped spans"
+        } else {
+            ""
+        }
+    );
     Ok(())
+}
+
+/// `sdk_floor_ratio` per broker: (traced − raw) CPU per message ÷ the bare-SDK floor's,
+/// printed once both figures ran.
+#[derive(Debug, Default)]
+struct FloorRatios {
+    kafka: Option<f64>,
+    kafka_detail: String,
+    amqp: Option<f64>,
+    amqp_detail: String,
+}
+
+impl FloorRatios {
+    fn print(&self) {
+        if self.kafka.is_none() && self.amqp.is_none() {
+            return;
+        }
+        let show =
+            |ratio: Option<f64>| ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        println!(
+            "sdk_floor_ratio: kafka={} amqp={}",
+            show(self.kafka),
+            show(self.amqp)
+        );
+        println!(
+            "  (traced − raw) ÷ the bare SDK recording the same spans, attributes, link, parent and measurements with no broker, CPU per message, all threads, same run; target ≤ 1.5. By instructions: scripts/callgrind-overhead"
+        );
+        for detail in [&self.kafka_detail, &self.amqp_detail] {
+            if !detail.is_empty() {
+                println!("  {detail}");
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1227,7 +1541,55 @@ async fn amqp_round(
         consumed: consumed.load(Ordering::Relaxed),
         elapsed: last.duration_since(started),
         cpu,
+        allocations: 0,
     })
+}
+
+/// The AMQP floor for `messages` messages ([`AmqpFloor`], no broker), export included.
+fn amqp_floor_round(telemetry: &InProcessTelemetry, url: &str, messages: usize) -> Round {
+    let floor = AmqpFloor::new(telemetry, &unique_name("bench-floor"), url);
+    floor.message(0, PAYLOAD_BYTES);
+    telemetry.flush();
+    let cpu_started = cpu_seconds();
+    let started = Instant::now();
+    for tag in 1..=messages {
+        floor.message(tag as i64, PAYLOAD_BYTES);
+        if tag % FLOOR_FLUSH_EVERY == 0 {
+            telemetry.flush();
+        }
+    }
+    telemetry.flush();
+    Round {
+        sent: messages,
+        consumed: messages,
+        elapsed: started.elapsed(),
+        cpu: cpu_seconds() - cpu_started,
+        allocations: 0,
+    }
+}
+
+/// One message through mqtrace's RabbitMQ wrappers and one through [`AmqpFloor`], captured
+/// in memory: the benchmark stops unless their spans have the same shape.
+async fn check_amqp_floor(rabbit: &RabbitFixture) -> anyhow::Result<()> {
+    let (ours, our_spans) = InProcessTelemetry::capturing();
+    amqp_round(rabbit, Some(&ours), 1, &payload()).await?;
+    let spans = our_spans.get_finished_spans()?;
+    let queue = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Producer)
+        .and_then(|s| s.name.strip_prefix("send "))
+        .map(str::to_owned)
+        .context("the traced publish recorded no send span")?;
+    let (floor, floor_spans) = InProcessTelemetry::capturing();
+    let floor_queue = unique_name("bench-floor");
+    AmqpFloor::new(&floor, &floor_queue, rabbit.url()).message(1, PAYLOAD_BYTES);
+    sdk_floor::check_shapes(
+        "AMQP",
+        &spans,
+        &queue,
+        &floor_spans.get_finished_spans()?,
+        &floor_queue,
+    )
 }
 
 /// Runs `count` operations with up to `window` in flight.
@@ -1251,9 +1613,12 @@ where
 
 /// `amqp_throughput`: publish with confirms + consume and ack through RabbitMQ, raw lapin vs
 /// `TracedPublisher`/`TracedConsumer`.
-async fn amqp_throughput(sizes: &Sizes) -> anyhow::Result<()> {
+async fn amqp_throughput(sizes: &Sizes, floors: &mut FloorRatios) -> anyhow::Result<()> {
     let telemetry = InProcessTelemetry::new();
+    let floor_telemetry = InProcessTelemetry::new();
     let rabbit = RabbitFixture::connect().await?;
+    check_amqp_floor(&rabbit).await?;
+    let mut floor_ratios = Vec::new();
     let payload = payload();
     let messages = sizes.amqp_messages;
     // Warm-up: connections, queue declarations and the broker's own caches.
@@ -1266,6 +1631,8 @@ async fn amqp_throughput(sizes: &Sizes) -> anyhow::Result<()> {
     for _ in 0..sizes.amqp_pairs {
         let r = amqp_round(&rabbit, None, messages, &payload).await?;
         let t = amqp_round(&rabbit, Some(&telemetry), messages, &payload).await?;
+        let f = amqp_floor_round(&floor_telemetry, rabbit.url(), messages);
+        floor_ratios.push((t.cpu_per_message() - r.cpu_per_message()) / f.cpu_per_message());
         lost += (r.sent - r.consumed) + (t.sent - t.consumed);
         ratios.push(t.rate() / r.rate());
         raw.push(r.rate());
@@ -1274,6 +1641,11 @@ async fn amqp_throughput(sizes: &Sizes) -> anyhow::Result<()> {
         traced_cpu.push(t.cpu_per_message());
     }
     let exported = telemetry.flush() - spans_before;
+    floors.amqp = Some(median(&mut floor_ratios.clone()));
+    floors.amqp_detail = format!(
+        "amqp per-pair {} (client CPU only: RabbitMQ runs in its own process)",
+        list(&floor_ratios, 2)
+    );
     // Per traced message: send, process and ack spans.
     let expected = sizes.amqp_pairs * 3 * messages;
     let ratio = median(&mut ratios.clone());

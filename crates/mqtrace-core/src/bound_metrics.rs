@@ -12,10 +12,11 @@
 //! the SDK. Bindings live as long as their cache entry; the SDK never evicts a bound series.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::thread::LocalKey;
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
+use opentelemetry::{KeyValue, Value};
 
 /// Bindings kept per thread and instrument kind (counters, histograms). A client uses a
 /// handful (an operation per destination, plus the error variants), so a thread serving many
@@ -33,7 +34,8 @@ pub(crate) struct InstrumentId {
 
 struct Entry<B> {
     instrument: InstrumentId,
-    attributes: Vec<KeyValue>,
+    /// Kept alive by the entry, so a list at this address is this list.
+    attributes: Arc<[KeyValue]>,
     bound: B,
 }
 
@@ -47,10 +49,15 @@ thread_local! {
 /// Runs `use_bound` on this thread's binding of (`instrument`, `attributes`) in `cache`,
 /// binding it with `bind` first on a miss. Returns `false`, doing nothing, when the cache is
 /// unavailable (the thread is being torn down): the caller then records unbound.
+///
+/// `shared` is `attributes` as a shared list (a span's metric attributes), if it is one: the
+/// entry then keeps that list, and the next measurement with the same list is found by its
+/// address alone.
 fn with_bound<B: 'static>(
     cache: &'static LocalKey<Cache<B>>,
     instrument: InstrumentId,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
     bind: impl FnOnce() -> B,
     use_bound: impl FnOnce(&B),
 ) -> bool {
@@ -59,9 +66,12 @@ fn with_bound<B: 'static>(
             let Ok(mut cache) = cache.try_borrow_mut() else {
                 return false;
             };
-            let found = cache
-                .iter()
-                .position(|e| e.instrument == instrument && e.attributes == attributes);
+            let found = cache.iter().position(|e| {
+                e.instrument == instrument
+                    && ((std::ptr::eq(e.attributes.as_ptr(), attributes.as_ptr())
+                        && e.attributes.len() == attributes.len())
+                        || same(&e.attributes, attributes))
+            });
             match found {
                 // Most recent first: one shift brings a hit to the front.
                 Some(index) => cache[..=index].rotate_right(1),
@@ -71,7 +81,7 @@ fn with_bound<B: 'static>(
                         0,
                         Entry {
                             instrument,
-                            attributes: attributes.to_vec(),
+                            attributes: shared.map_or_else(|| Arc::from(attributes), Arc::clone),
                             bound: bind(),
                         },
                     );
@@ -83,15 +93,44 @@ fn with_bound<B: 'static>(
         .unwrap_or(false)
 }
 
+/// Whether two attribute lists are equal, in order. The same as `==`, cheaper for the way
+/// clients record: their keys are static strings and their string values shared
+/// (`Arc<str>`), so the same text usually sits at the same address, and comparing the
+/// address and length settles it without comparing the bytes.
+fn same(cached: &[KeyValue], attributes: &[KeyValue]) -> bool {
+    cached.len() == attributes.len()
+        && cached.iter().zip(attributes).all(|(a, b)| {
+            same_str(a.key.as_str(), b.key.as_str()) && same_value(&a.value, &b.value)
+        })
+}
+
+/// Whether two strings are equal: by address and length first, by bytes otherwise.
+#[inline]
+pub(crate) fn same_str(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => same_str(a.as_str(), b.as_str()),
+        (Value::I64(a), Value::I64(b)) => a == b,
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Adds `value` to `counter`'s series for `attributes`.
 pub(crate) fn add(
     instrument: InstrumentId,
     counter: &Counter<u64>,
     value: u64,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
 ) {
     let bind = || counter.bind(attributes);
-    if !with_bound(&COUNTERS, instrument, attributes, bind, |b| b.add(value)) {
+    if !with_bound(&COUNTERS, instrument, attributes, shared, bind, |b| {
+        b.add(value)
+    }) {
         counter.add(value, attributes);
     }
 }
@@ -102,9 +141,10 @@ pub(crate) fn record(
     histogram: &Histogram<f64>,
     value: f64,
     attributes: &[KeyValue],
+    shared: Option<&Arc<[KeyValue]>>,
 ) {
     let bind = || histogram.bind(attributes);
-    if !with_bound(&HISTOGRAMS, instrument, attributes, bind, |b| {
+    if !with_bound(&HISTOGRAMS, instrument, attributes, shared, bind, |b| {
         b.record(value)
     }) {
         histogram.record(value, attributes);
@@ -117,4 +157,38 @@ pub(crate) fn cached() -> usize {
     let counters = COUNTERS.with(|cache| cache.borrow().len());
     let histograms = HISTOGRAMS.with(|cache| cache.borrow().len());
     counters.max(histograms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn same_agrees_with_eq() {
+        let shared = opentelemetry::StringValue::from(Arc::<str>::from("orders"));
+        let a = [
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", Value::String(shared.clone())),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        let copy = [
+            KeyValue::new("messaging.system".to_owned(), "kafka".to_owned()),
+            KeyValue::new("messaging.destination.name", "orders".to_owned()),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        let other = [
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", "orderz"),
+            KeyValue::new("server.port", 9092_i64),
+        ];
+        assert!(same(&a, &a) && a[..] == a[..]);
+        assert!(same(&a, &copy) && a[..] == copy[..]);
+        assert!(!same(&a, &other) && a[..] != other[..]);
+        assert!(!same(&a, &a[..2]));
+        let port = [KeyValue::new("server.port", 9093_i64)];
+        assert!(!same(&a[2..], &port));
+        let mixed = [KeyValue::new("server.port", "9092")];
+        assert!(!same(&a[2..], &mixed));
+    }
 }

@@ -267,13 +267,19 @@ impl<S: HeaderSource + ?Sized> Extractor for HeaderExtractor<'_, S> {
     }
 }
 
+/// The well-known propagation keys.
+const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+
+/// The index of `key` (any case) in [`KNOWN`].
+fn known_index(key: &str) -> Option<usize> {
+    KNOWN
+        .iter()
+        .position(|known| known.eq_ignore_ascii_case(key))
+}
+
 /// Maps the well-known propagation keys to static strings, so recording them costs nothing.
 pub(crate) fn static_key(key: &str) -> &'static str {
-    const KNOWN: [&str; 3] = ["traceparent", "tracestate", "baggage"];
-    KNOWN
-        .into_iter()
-        .find(|known| known.eq_ignore_ascii_case(key))
-        .unwrap_or("other")
+    known_index(key).map_or("other", |index| KNOWN[index])
 }
 
 fn key_cow(key: &str) -> Cow<'static, str> {
@@ -304,7 +310,15 @@ fn key_cow(key: &str) -> Cow<'static, str> {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InjectedHeaders {
-    entries: Vec<(Cow<'static, str>, String)>,
+    /// The first header written (usually the only one: `traceparent`), kept inline so an
+    /// injection allocates nothing but its values.
+    first: Option<(Cow<'static, str>, String)>,
+    /// The others, in order.
+    rest: Vec<(Cow<'static, str>, String)>,
+    /// The well-known fields the propagator owns, one bit per [`KNOWN`] key: recorded on
+    /// every send, so without an allocation.
+    known_fields: u8,
+    /// The propagator's other fields, lowercased.
     fields: Vec<Cow<'static, str>>,
 }
 
@@ -312,29 +326,36 @@ impl InjectedHeaders {
     /// Records that the propagator owns `field`: an existing header of that name is dropped
     /// from the outgoing message whenever anything is injected.
     pub fn add_field(&mut self, field: &str) {
-        if !self.fields.iter().any(|f| f.eq_ignore_ascii_case(field)) {
-            self.fields.push(key_cow(field));
+        match known_index(field) {
+            Some(index) => self.known_fields |= 1 << index,
+            None => {
+                if !self.fields.iter().any(|f| f.eq_ignore_ascii_case(field)) {
+                    self.fields.push(key_cow(field));
+                }
+            }
         }
     }
 
     /// Whether a header named `key` must be removed before appending the injected ones.
     pub fn replaces(&self, key: &str) -> bool {
         !self.is_empty()
-            && (self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
-                || self
-                    .entries
-                    .iter()
-                    .any(|(k, _)| k.eq_ignore_ascii_case(key)))
+            && (known_index(key).is_some_and(|index| self.known_fields & (1 << index) != 0)
+                || self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
+                || self.entries().any(|(k, _)| k.eq_ignore_ascii_case(key)))
     }
 
     /// True when the propagator wrote nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.first.is_none()
     }
 
     /// The injected headers, in the order the propagator wrote them.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+        self.entries().map(|(k, v)| (k.as_ref(), v.as_str()))
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &(Cow<'static, str>, String)> {
+        self.first.iter().chain(&self.rest)
     }
 }
 
@@ -347,18 +368,22 @@ impl Injector for InjectedHeaders {
             return;
         }
         if let Some(slot) = self
-            .entries
+            .first
             .iter_mut()
+            .chain(&mut self.rest)
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
         {
             slot.1 = value;
+        } else if self.first.is_none() {
+            self.first = Some((key_cow(key), value));
         } else {
-            self.entries.push((key_cow(key), value));
+            self.rest.push((key_cow(key), value));
         }
     }
 
     fn reserve(&mut self, additional: usize) {
-        self.entries.reserve(additional);
+        let inline = usize::from(self.first.is_none());
+        self.rest.reserve(additional.saturating_sub(inline));
     }
 }
 

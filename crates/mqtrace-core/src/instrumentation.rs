@@ -10,9 +10,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Meter, MeterProvider};
+use opentelemetry::trace::{Span as _, SpanBuilder, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, InstrumentationScope};
 
 use crate::carrier::HeaderSource;
 use crate::metrics::MessagingMetrics;
@@ -47,6 +48,8 @@ pub fn scope() -> InstrumentationScope {
 #[derive(Clone)]
 pub struct Instrumentation {
     tracer: Arc<BoxedTracer>,
+    /// The same tracer with its own span type, for mqtrace's messaging spans.
+    starter: Arc<dyn SpanStarter>,
     meter: Meter,
     metrics: Arc<MessagingMetrics>,
     propagation: Propagation,
@@ -80,6 +83,13 @@ impl Instrumentation {
     /// The tracer spans are started with.
     pub fn tracer(&self) -> &BoxedTracer {
         &self.tracer
+    }
+
+    /// Starts a span from `builder` as a child of `parent` and returns `parent` with it
+    /// active. A span the sampler dropped is not kept behind the context: the context
+    /// carries its span context (for injection and children) and nothing else.
+    pub(crate) fn start_in_context(&self, builder: SpanBuilder, parent: &Context) -> Context {
+        self.starter.start_in_context(builder, parent)
     }
 
     /// The meter mqtrace's instruments live on, for components that add their own (the
@@ -117,10 +127,35 @@ impl Instrumentation {
     }
 }
 
+/// Starts spans straight into a [`Context`], with the tracer's own span type: a span from a
+/// provider's tracer is boxed once, by the context, instead of once by [`BoxedTracer`] and
+/// again by the context.
+trait SpanStarter: Send + Sync {
+    fn start_in_context(&self, builder: SpanBuilder, parent: &Context) -> Context;
+}
+
+impl<T> SpanStarter for T
+where
+    T: Tracer + Send + Sync,
+    T::Span: Send + Sync + 'static,
+{
+    fn start_in_context(&self, builder: SpanBuilder, parent: &Context) -> Context {
+        let span = self.build_with_context(builder, parent);
+        if span.is_recording() {
+            parent.with_span(span)
+        } else {
+            // The SDK gives a dropped span the flags 00: keep the trace's random flag.
+            let sc = crate::span::keeping_random(parent, span.span_context())
+                .unwrap_or_else(|| span.span_context().clone());
+            parent.with_remote_span_context(sc)
+        }
+    }
+}
+
 /// Builder for [`Instrumentation`].
 #[derive(Default)]
 pub struct InstrumentationBuilder {
-    tracer: Option<BoxedTracer>,
+    tracer: Option<(BoxedTracer, Arc<dyn SpanStarter>)>,
     meter: Option<Meter>,
     propagation: Propagation,
 }
@@ -139,9 +174,13 @@ impl InstrumentationBuilder {
     /// Start spans with a tracer from `provider` instead of the global one.
     pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
     where
-        P: ObjectSafeTracerProvider + ?Sized,
+        P: TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        self.tracer = Some(BoxedTracer::new(provider.boxed_tracer(scope())));
+        let boxed = BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())));
+        let starter: Arc<dyn SpanStarter> = Arc::new(provider.tracer_with_scope(scope()));
+        self.tracer = Some((boxed, starter));
         self
     }
 
@@ -165,11 +204,17 @@ impl InstrumentationBuilder {
         let meter = self
             .meter
             .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
+        let (tracer, starter) = match self.tracer {
+            Some((boxed, starter)) => (Arc::new(boxed), starter),
+            None => {
+                let global = Arc::new(opentelemetry::global::tracer_with_scope(scope()));
+                let starter: Arc<dyn SpanStarter> = global.clone();
+                (global, starter)
+            }
+        };
         Instrumentation {
-            tracer: Arc::new(
-                self.tracer
-                    .unwrap_or_else(|| opentelemetry::global::tracer_with_scope(scope())),
-            ),
+            tracer,
+            starter,
             metrics: Arc::new(MessagingMetrics::new(&meter)),
             meter,
             propagation: self.propagation,

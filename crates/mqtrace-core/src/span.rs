@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::Instrumentation;
@@ -278,6 +278,11 @@ impl SpanExtras {
     }
 }
 
+/// Attributes a messaging span is built with room for: up to six metric attributes,
+/// `messaging.operation.type`, three of the client's own (a Kafka process span's partition,
+/// offset and body size) and two spare slots for attributes known only after the start.
+const ATTRIBUTE_CAPACITY: usize = 12;
+
 /// Builds a messaging span with the semconv attributes.
 ///
 /// # Example
@@ -321,7 +326,11 @@ impl MessagingSpanBuilder {
             destination: None,
             consumer_group: None,
             server: None,
-            attributes: Vec::with_capacity(8),
+            // Room for the span's whole attribute list: the builder's own attributes, the
+            // metric attributes and `messaging.operation.type` put in front of them at start,
+            // and the two known only later (see `start_inner`), so the vector the SDK keeps
+            // for the span is this one, allocated once.
+            attributes: Vec::with_capacity(ATTRIBUTE_CAPACITY),
             links: Vec::new(),
         }
     }
@@ -402,7 +411,13 @@ impl MessagingSpanBuilder {
 
     /// Links the span to several contexts.
     pub fn with_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
-        self.links.extend(links);
+        if self.links.is_empty() {
+            // Collecting a `Vec`'s own iterator keeps its buffer: a vector of links handed
+            // over (a process span's link to its message) is moved, not copied.
+            self.links = links.into_iter().collect();
+        } else {
+            self.links.extend(links);
+        }
         self
     }
 
@@ -425,38 +440,198 @@ impl MessagingSpanBuilder {
         }
     }
 
-    /// The metric attributes, taking the destination, group and server out of the builder
-    /// (moved, not cloned: this runs once per message).
-    fn take_metric_attributes(&mut self) -> Vec<KeyValue> {
-        // Room for `error.type`, pushed when the span ends with an error.
-        let mut attributes = Vec::with_capacity(7);
+    /// The metric attributes, taking the destination, group and server out of the builder:
+    /// the same list for every message of a client, so it is shared
+    /// ([`shared_metric_attributes`]) rather than made per span.
+    fn take_metric_attributes(&mut self) -> Arc<[KeyValue]> {
+        shared_attributes(
+            self.system,
+            self.operation_name,
+            self.destination.take(),
+            self.consumer_group.take(),
+            self.server.take(),
+        )
+    }
+}
+
+/// The metric attributes of a messaging operation (`messaging.system`,
+/// `messaging.operation.name`, then the destination, consumer group and server, those that
+/// are given), shared per thread: see [`shared_metric_attributes`].
+pub(crate) fn shared_attributes(
+    system: &'static str,
+    operation_name: &'static str,
+    destination: Option<StringValue>,
+    consumer_group: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
+) -> Arc<[KeyValue]> {
+    shared_metric_attributes(MetricKey {
+        system,
+        operation_name,
+        destination,
+        consumer_group,
+        server,
+    })
+}
+
+/// Distinct span names kept for the life of the process (see [`interned_span_name`]).
+const INTERNED_NAMES: usize = 1024;
+
+/// The span name `{operation} {destination}` (or the bare operation), interned.
+///
+/// Span names are low-cardinality by design (an operation and a destination), and the SDK
+/// keeps each span's name as a `Cow<'static, str>`: made per span, it is an allocation and
+/// a copy for every message, freed again on the export thread. Instead each distinct name
+/// is made once and kept for the life of the process (at most [`INTERNED_NAMES`] of them,
+/// a few tens of KiB; beyond that, names are made per span as before), and each thread
+/// remembers the last few it used, so a span finds its name with a short compare.
+fn interned_span_name(operation: &'static str, destination: Option<&str>) -> Cow<'static, str> {
+    const RECENT_NAMES: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<&'static str>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Some(destination) = destination else {
+        return Cow::Borrowed(operation);
+    };
+    let is_name = |name: &str| {
+        name.len() == operation.len() + 1 + destination.len()
+            && name.starts_with(operation)
+            && name.as_bytes()[operation.len()] == b' '
+            && name.ends_with(destination)
+    };
+    let recent = RECENT.try_with(|recent| {
+        let mut recent = recent.try_borrow_mut().ok()?;
+        if let Some(name) = recent.iter().find(|name| is_name(name)) {
+            return Some(Cow::Borrowed(*name));
+        }
+        let interned = intern(format!("{operation} {destination}"))?;
+        recent.truncate(RECENT_NAMES - 1);
+        recent.insert(0, interned);
+        Some(Cow::Borrowed(interned))
+    });
+    match recent {
+        Ok(Some(name)) => name,
+        _ => Cow::Owned(format!("{operation} {destination}")),
+    }
+}
+
+/// `name` as a string that lives as long as the process, or `None` once
+/// [`INTERNED_NAMES`] names are kept.
+fn intern(name: String) -> Option<&'static str> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(kept) = names.iter().find(|kept| **kept == name) {
+        return Some(kept);
+    }
+    if names.len() >= INTERNED_NAMES {
+        return None;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.push(kept);
+    Some(kept)
+}
+
+/// What a span's metric attributes are made of.
+struct MetricKey {
+    system: &'static str,
+    operation_name: &'static str,
+    destination: Option<StringValue>,
+    consumer_group: Option<StringValue>,
+    server: Option<(StringValue, i64)>,
+}
+
+impl MetricKey {
+    fn matches(&self, other: &MetricKey) -> bool {
+        fn same(a: &Option<StringValue>, b: &Option<StringValue>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => crate::bound_metrics::same_str(a.as_str(), b.as_str()),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        let server = match (&self.server, &other.server) {
+            (Some((a, p)), Some((b, q))) => {
+                p == q && crate::bound_metrics::same_str(a.as_str(), b.as_str())
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        crate::bound_metrics::same_str(self.system, other.system)
+            && crate::bound_metrics::same_str(self.operation_name, other.operation_name)
+            && server
+            && same(&self.destination, &other.destination)
+            && same(&self.consumer_group, &other.consumer_group)
+    }
+
+    /// `messaging.system`, `messaging.operation.name`, then the destination, consumer group
+    /// and server, those that are set.
+    fn attributes(&self) -> Arc<[KeyValue]> {
+        let mut attributes = Vec::with_capacity(6);
         attributes.push(KeyValue::new(semconv::MESSAGING_SYSTEM, self.system));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_NAME,
             self.operation_name,
         ));
-        if let Some(destination) = self.destination.take() {
+        if let Some(destination) = &self.destination {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_DESTINATION_NAME,
-                Value::String(destination),
+                Value::String(destination.clone()),
             ));
         }
-        if let Some(group) = self.consumer_group.take() {
+        if let Some(group) = &self.consumer_group {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                Value::String(group),
+                Value::String(group.clone()),
             ));
         }
-        if let Some((address, port)) = self.server.take() {
+        if let Some((address, port)) = &self.server {
             attributes.push(KeyValue::new(
                 semconv::SERVER_ADDRESS,
-                Value::String(address),
+                Value::String(address.clone()),
             ));
-            attributes.push(KeyValue::new(semconv::SERVER_PORT, port));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
         }
-        attributes
+        attributes.into()
     }
+}
 
+/// The metric attributes for `key`, shared: each thread keeps the last few lists it made
+/// (`METRIC_ATTRIBUTE_CACHE` of them, newest first), so the spans of one client share
+/// one list instead of each copying five or six attributes into a vector of its own. A hit
+/// compares a few addresses (the client's strings are shared); a miss makes the list once.
+fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
+    const METRIC_ATTRIBUTE_CACHE: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<(MetricKey, Arc<[KeyValue]>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut key = Some(key);
+    let cached = RECENT
+        .try_with(|recent| {
+            let mut recent = recent.try_borrow_mut().ok()?;
+            let probe = key.as_ref()?;
+            // Not reordered on a hit: a client alternates between a few lists (send,
+            // receive, process), and moving the entries would cost more than the search.
+            match recent.iter().find(|(seen, _)| seen.matches(probe)) {
+                Some((_, shared)) => Some(Arc::clone(shared)),
+                None => {
+                    let key = key.take()?;
+                    let made = key.attributes();
+                    recent.truncate(METRIC_ATTRIBUTE_CACHE - 1);
+                    recent.insert(0, (key, Arc::clone(&made)));
+                    Some(made)
+                }
+            }
+        })
+        .ok()
+        .flatten();
+    // Without the cache (the thread is being torn down), made for this span alone.
+    cached.unwrap_or_else(|| key.map_or_else(|| Arc::from([]), |key| key.attributes()))
+}
+
+impl MessagingSpanBuilder {
     /// Starts the span as a child of `parent`, with the instrumentation's tracer.
     pub fn start(self, instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
         self.start_inner(instrumentation, parent, None)
@@ -479,32 +654,35 @@ impl MessagingSpanBuilder {
         parent: &Context,
         started: Option<std::time::SystemTime>,
     ) -> MessagingSpan {
-        let name = match &self.destination {
-            Some(destination) => {
-                let destination = destination.as_str();
-                let mut name =
-                    String::with_capacity(self.operation_name.len() + 1 + destination.len());
-                name.push_str(self.operation_name);
-                name.push(' ');
-                name.push_str(destination);
-                Cow::Owned(name)
-            }
-            None => Cow::Borrowed(self.operation_name),
-        };
+        let name = interned_span_name(
+            self.operation_name,
+            self.destination.as_ref().map(StringValue::as_str),
+        );
         let metric_attributes = self.take_metric_attributes();
-        // Two spare slots: the SDK keeps this vector for the span, and attributes known only
-        // later (a delivery's partition and offset, an error type) then need no reallocation.
-        let mut attributes =
-            Vec::with_capacity(metric_attributes.len() + 1 + self.attributes.len() + 2);
-        attributes.extend_from_slice(&metric_attributes);
-        attributes.push(KeyValue::new(
+        let operation_type = KeyValue::new(
             semconv::MESSAGING_OPERATION_TYPE,
             self.operation_type.as_str(),
-        ));
-        attributes.append(&mut self.attributes);
-        let tracer = instrumentation.tracer();
-        let mut span_builder = tracer
-            .span_builder(name)
+        );
+        // The span's attributes: the metric attributes, the operation type, then the
+        // builder's own. Two spare slots: the SDK keeps this vector for the span, and
+        // attributes known only later (a delivery's partition and offset, an error type)
+        // then need no reallocation. Built in the builder's vector when it has the room
+        // (it is made with `ATTRIBUTE_CAPACITY`), so no second vector is allocated.
+        let mut attributes = std::mem::take(&mut self.attributes);
+        let front = metric_attributes.len() + 1;
+        if attributes.capacity() - attributes.len() >= front + 2 {
+            // Appended, then turned to the front (`splice` costs several times more).
+            attributes.extend_from_slice(&metric_attributes);
+            attributes.push(operation_type);
+            attributes.rotate_right(front);
+        } else {
+            let mut grown = Vec::with_capacity(front + attributes.len() + 2);
+            grown.extend_from_slice(&metric_attributes);
+            grown.push(operation_type);
+            grown.append(&mut attributes);
+            attributes = grown;
+        }
+        let mut span_builder = opentelemetry::trace::SpanBuilder::from_name(name)
             .with_kind(self.operation_type.span_kind())
             .with_attributes(attributes)
             .with_links(self.links);
@@ -513,9 +691,12 @@ impl MessagingSpanBuilder {
             span_builder = span_builder.with_start_time(started);
             clock -= started.elapsed().unwrap_or_default();
         }
-        let span = span_builder.start_with_context(tracer, parent);
+        // A span the sampler dropped records nothing: its context only carries the span
+        // context onward (injection, children), with no boxed span behind it, and with the
+        // W3C random flag of the trace it continues (`with_span_keeping_random`).
+        let cx = instrumentation.start_in_context(span_builder, parent);
         MessagingSpan {
-            cx: with_span_keeping_random(parent, span),
+            cx,
             started: clock,
             operation_type: self.operation_type,
             metric_attributes,
@@ -568,26 +749,33 @@ pub fn with_span_keeping_random<S>(parent: &Context, span: S) -> Context
 where
     S: opentelemetry::trace::Span + Send + Sync + 'static,
 {
-    if !span.is_recording() {
-        let parent_span = parent.span();
-        let continued = parent_span.span_context();
-        let random = continued.trace_flags() & RANDOM_FLAG;
-        let sc = span.span_context();
-        if random == RANDOM_FLAG
-            && sc.trace_flags() & RANDOM_FLAG != RANDOM_FLAG
-            && sc.is_valid()
-            && sc.trace_id() == continued.trace_id()
-        {
-            return parent.with_remote_span_context(SpanContext::new(
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags() | random,
-                false,
-                sc.trace_state().clone(),
-            ));
-        }
+    if !span.is_recording()
+        && let Some(kept) = keeping_random(parent, span.span_context())
+    {
+        return parent.with_remote_span_context(kept);
     }
     parent.with_span(span)
+}
+
+/// The span context of a dropped span `sc` with the random flag of the trace it continues
+/// in `parent`, when the SDK left it out; `None` when nothing needs to change.
+pub(crate) fn keeping_random(parent: &Context, sc: &SpanContext) -> Option<SpanContext> {
+    let parent_span = parent.span();
+    let continued = parent_span.span_context();
+    let random = continued.trace_flags() & RANDOM_FLAG;
+    (random == RANDOM_FLAG
+        && sc.trace_flags() & RANDOM_FLAG != RANDOM_FLAG
+        && sc.is_valid()
+        && sc.trace_id() == continued.trace_id())
+    .then(|| {
+        SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags() | random,
+            false,
+            sc.trace_state().clone(),
+        )
+    })
 }
 
 /// A started messaging span. End it with [`MessagingSpan::end`] or
@@ -596,7 +784,8 @@ pub struct MessagingSpan {
     cx: Context,
     started: Instant,
     operation_type: OperationType,
-    metric_attributes: Vec<KeyValue>,
+    /// Shared with the client's other spans; `error.type` is added in a copy.
+    metric_attributes: Arc<[KeyValue]>,
     message_count: u64,
     metrics: Option<Arc<MessagingMetrics>>,
 }
@@ -701,24 +890,39 @@ impl MessagingSpan {
         };
         let seconds = self.started.elapsed().as_secs_f64();
         let span = self.cx.span();
-        if let Some((error_type, description)) = error {
-            let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
-            span.set_attribute(error_type.clone());
-            span.set_status(Status::error(description));
-            self.metric_attributes.push(error_type);
-        }
-        let attributes = &self.metric_attributes;
+        let with_error: Vec<KeyValue>;
+        let shared = Some(&self.metric_attributes);
+        let (attributes, shared): (&[KeyValue], _) = match error {
+            Some((error_type, description)) => {
+                let error_type = KeyValue::new(semconv::ERROR_TYPE, Value::String(error_type));
+                span.set_attribute(error_type.clone());
+                span.set_status(Status::error(description));
+                with_error = self
+                    .metric_attributes
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(error_type))
+                    .collect();
+                (&with_error, None)
+            }
+            None => (&self.metric_attributes, shared),
+        };
+        let count = self.message_count;
         match self.operation_type {
             OperationType::Create | OperationType::Send => {
-                metrics.record_operation_duration(attributes, seconds);
-                metrics.record_sent(attributes, self.message_count);
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+                metrics.record_sent_in(attributes, shared, count);
             }
             OperationType::Receive => {
-                metrics.record_operation_duration(attributes, seconds);
-                metrics.record_consumed(attributes, self.message_count);
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+                metrics.record_consumed_in(attributes, shared, count);
             }
-            OperationType::Settle => metrics.record_operation_duration(attributes, seconds),
-            OperationType::Process => metrics.record_process_duration(attributes, seconds),
+            OperationType::Settle => {
+                metrics.record_operation_duration_in(attributes, shared, seconds);
+            }
+            OperationType::Process => {
+                metrics.record_process_duration_in(attributes, shared, seconds)
+            }
         }
         span.end();
     }
@@ -926,6 +1130,62 @@ mod tests {
             assert_eq!(root.span_context().trace_flags(), TraceFlags::NOT_SAMPLED);
             assert_eq!(injected(root.context()).0, "00");
         }
+    }
+
+    #[test]
+    fn a_dropped_span_still_carries_its_context_onward() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        let instrumentation = Instrumentation::builder()
+            .with_tracer_provider(&provider)
+            .build();
+        let trace_id = TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128);
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            SpanId::from(0xb7ad_6b71_6920_3331_u64),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::NONE,
+        ));
+        let span = MessagingSpanBuilder::new("kafka", OperationType::Send, "send")
+            .with_destination("orders")
+            .start(&instrumentation, &parent);
+        let sc = span.span_context();
+        assert!(sc.is_valid() && !sc.is_sampled() && !sc.is_remote());
+        assert_eq!(sc.trace_id(), trace_id);
+        assert_ne!(sc.span_id(), SpanId::from(0xb7ad_6b71_6920_3331_u64));
+        assert!(!span.context().span().is_recording());
+        let injected = instrumentation.propagation().inject(span.context());
+        let traceparent = injected
+            .iter()
+            .find(|(key, _)| *key == "traceparent")
+            .map(|(_, value)| value.to_owned());
+        assert_eq!(
+            traceparent,
+            Some(format!("00-{trace_id}-{}-00", sc.span_id()))
+        );
+        span.end();
+    }
+
+    #[test]
+    fn span_names_are_interned_and_exact() {
+        let first = interned_span_name("send", Some("orders"));
+        assert_eq!(first, "send orders");
+        assert!(matches!(first, Cow::Borrowed(_)));
+        let again = interned_span_name("send", Some("orders"));
+        assert!(std::ptr::eq(first.as_ptr(), again.as_ptr()));
+        // Names that share a prefix or a suffix are not confused.
+        assert_eq!(interned_span_name("send", Some("order")), "send order");
+        assert_eq!(interned_span_name("sen", Some("d orders")), "sen d orders");
+        assert_eq!(
+            interned_span_name("process", Some("orders")),
+            "process orders"
+        );
+        assert_eq!(interned_span_name("poll", None), "poll");
     }
 
     #[test]

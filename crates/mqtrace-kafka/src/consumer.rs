@@ -11,7 +11,7 @@ use mqtrace_core::{
     semconv,
 };
 use opentelemetry::trace::Link;
-use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
@@ -20,7 +20,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::SYSTEM;
 use crate::error::{Error, Result, error_type};
-use crate::headers::KafkaHeaders;
+use crate::headers::HeaderSnapshot;
 
 /// A consumed message with the producer's context extracted from its headers.
 ///
@@ -241,7 +241,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
 
     fn traced<'m>(&self, message: BorrowedMessage<'m>) -> TracedMessage<'m> {
         let extracted = match message.headers() {
-            Some(headers) => self.instrumentation.extract(SYSTEM, &KafkaHeaders(headers)),
+            Some(headers) => self
+                .instrumentation
+                .extract(SYSTEM, &HeaderSnapshot::new(headers)),
             None => Extracted {
                 context: Context::new(),
                 outcome: ExtractOutcome::Missing,
@@ -251,26 +253,14 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     }
 
     fn record_consumed(&self, topic: &str, count: u64) {
-        // Runs per message: the attributes live on the stack, the topic is shared.
-        let mut attributes = [
-            KeyValue::new(semconv::MESSAGING_SYSTEM, SYSTEM),
-            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "poll"),
-            KeyValue::new(
-                semconv::MESSAGING_DESTINATION_NAME,
-                Value::String(destination_name(topic)),
-            ),
-            KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, ""),
-        ];
-        let used = match &self.group {
-            Some(group) => {
-                attributes[3].value = Value::String(group.clone());
-                4
-            }
-            None => 3,
-        };
-        self.instrumentation
-            .metrics()
-            .record_consumed(&attributes[..used], count);
+        // Runs per message: the topic and the attribute list are shared.
+        self.instrumentation.metrics().record_consumed_messages(
+            SYSTEM,
+            "poll",
+            Some(destination_name(topic)),
+            self.group.clone(),
+            count,
+        );
     }
 
     /// Waits for the next message. Cancel-safe: dropping the future loses no message.

@@ -48,6 +48,60 @@ impl HeaderSource for KafkaHeaders<'_, OwnedHeaders> {
     }
 }
 
+/// Headers a [`HeaderSnapshot`] holds; a message with more is read from librdkafka on each
+/// lookup instead.
+const SNAPSHOT_HEADERS: usize = 8;
+
+/// A consumed message's headers read from librdkafka once, on the stack: extraction looks
+/// them up once per propagation field (`traceparent`, `tracestate`, `baggage`), and each
+/// direct lookup would go through librdkafka's C API again for every header. Same headers,
+/// same order, same rules as [`KafkaHeaders`].
+pub(crate) struct HeaderSnapshot<'h> {
+    headers: &'h BorrowedHeaders,
+    read: [(&'h str, Option<&'h [u8]>); SNAPSHOT_HEADERS],
+    len: usize,
+    complete: bool,
+}
+
+impl<'h> HeaderSnapshot<'h> {
+    pub(crate) fn new(headers: &'h BorrowedHeaders) -> Self {
+        let mut snapshot = Self {
+            headers,
+            read: [("", None); SNAPSHOT_HEADERS],
+            len: 0,
+            complete: true,
+        };
+        for (key, value) in raw_headers(headers) {
+            let Ok(key) = std::str::from_utf8(key) else {
+                continue;
+            };
+            match snapshot.read.get_mut(snapshot.len) {
+                Some(slot) => {
+                    *slot = (key, value);
+                    snapshot.len += 1;
+                }
+                None => {
+                    snapshot.complete = false;
+                    break;
+                }
+            }
+        }
+        snapshot
+    }
+}
+
+impl HeaderSource for HeaderSnapshot<'_> {
+    fn for_each_header<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>)) {
+        if self.complete {
+            for (key, value) in &self.read[..self.len] {
+                visit(key, *value);
+            }
+        } else {
+            visit_utf8_keys(self.headers, visit);
+        }
+    }
+}
+
 fn visit_utf8_keys<'a>(
     headers: &'a BorrowedHeaders,
     visit: &mut dyn FnMut(&'a str, Option<&'a [u8]>),
@@ -258,6 +312,39 @@ mod tests {
     use opentelemetry::propagation::{Extractor, Injector};
     use proptest::prelude::*;
     use rdkafka::message::Headers;
+
+    /// Every header a source shows, in order.
+    fn shown<S: HeaderSource>(source: &S) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut all = Vec::new();
+        source.for_each_header(&mut |k, v| all.push((k.to_owned(), v.map(<[u8]>::to_vec))));
+        all
+    }
+
+    #[test]
+    fn a_snapshot_shows_what_the_headers_show() {
+        for count in [0, 3, SNAPSHOT_HEADERS, SNAPSHOT_HEADERS + 3] {
+            let mut headers = OwnedHeaders::new();
+            for i in 0..count {
+                let key = if i % 2 == 0 { "traceparent" } else { "app" };
+                let value = format!("v{i}");
+                headers = headers.insert(Header {
+                    key,
+                    value: (i != 1).then_some(value.as_bytes()),
+                });
+            }
+            let borrowed = headers.as_borrowed();
+            assert_eq!(
+                shown(&HeaderSnapshot::new(borrowed)),
+                shown(&KafkaHeaders(borrowed)),
+                "{count} headers"
+            );
+            let snapshot = HeaderSnapshot::new(borrowed);
+            let extractor = HeaderExtractor::new(&snapshot, HeaderPolicy::default());
+            let direct = KafkaHeaders(borrowed);
+            let reference = HeaderExtractor::new(&direct, HeaderPolicy::default());
+            assert_eq!(extractor.get("TraceParent"), reference.get("TraceParent"));
+        }
+    }
 
     fn injected(value: &str) -> InjectedHeaders {
         let mut inj = InjectedHeaders::default();
