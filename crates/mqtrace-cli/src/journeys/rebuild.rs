@@ -821,16 +821,15 @@ fn complete_journey(
             timeline.push(stage, span.start_ns, span.end_ns, Some(span.id));
         }
     }
-    timeline.push(
-        Stage::ReplySend,
-        reply.start_ns,
-        reply.end_ns,
-        Some(reply.id),
-    );
+    // A send span ends with the broker's delivery report, which can come after the caller
+    // already had the reply: the journey ends at the delivery, so the send stage does too
+    // (else the stages would add up to more than the end-to-end latency).
+    let reply_end = reply_consumer.map_or(reply.end_ns, |c| reply.end_ns.min(c.end_ns));
+    timeline.push(Stage::ReplySend, reply.start_ns, reply_end, Some(reply.id));
     if let Some(consumer) = reply_consumer {
         timeline.push(
             Stage::ReplyDelivery,
-            reply.end_ns,
+            reply_end,
             consumer.end_ns,
             Some(consumer.id),
         );
@@ -1004,6 +1003,26 @@ mod tests {
         assert_eq!(journey.dominant(), Some(Stage::QueueWait));
         assert_eq!(journey.phases[0].name, "cpu.compute");
         assert_eq!(journey.phases[0].ms, 9.0);
+    }
+
+    #[test]
+    fn a_reply_delivered_before_its_delivery_report_ends_the_journey_at_delivery() {
+        let mut spans = scenario();
+        for span in &mut spans {
+            match &*span.name {
+                // The caller consumed the reply (47..48) before the producer's delivery
+                // report ended the send span (49).
+                "send replies" => span.end_ns = 49_000_000,
+                "process replies" => span.end_ns = 48_000_000,
+                _ => {}
+            }
+        }
+        let journey = &journeys(spans).journeys[0];
+        let sum: f64 = journey.steps.iter().map(Step::ms).sum();
+        assert_eq!(journey.total_ms(), 48.0);
+        assert_eq!(sum, 48.0, "{:?}", journey.steps);
+        assert_eq!(journey.stage_ms(Stage::ReplySend), 8.0);
+        assert_eq!(journey.stage_ms(Stage::ReplyDelivery), 0.0);
     }
 
     #[test]
