@@ -268,8 +268,18 @@ fn main() -> anyhow::Result<()> {
 /// `--side NAME --messages N`: one round of one side and nothing else, for instruction
 /// counts (`scripts/callgrind-overhead` runs each side at two message counts and takes the
 /// slope, so setup cancels). Sides: `raw`, `traced`, `unsampled`, `by_hand`, `floor`
-/// (Kafka), `amqp_raw`, `amqp_traced`, `amqp_floor`.
+/// (Kafka), `amqp_raw`, `amqp_traced`, `amqp_floor`; `batch_links`, `batch_links_none`
+/// (batch spans over the batch figure's 1,024 requests, `N / 1,024` of them, with identity
+/// link attributes or none: link building alone, no broker).
 fn one_side(side: &str, messages: usize) -> anyhow::Result<()> {
+    let link_attributes = match side {
+        "batch_links" => Some(LinkAttributes::Identity),
+        "batch_links_none" => Some(LinkAttributes::None),
+        _ => None,
+    };
+    if let Some(link_attributes) = link_attributes {
+        return batch_links_side(side, link_attributes, messages);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -712,6 +722,35 @@ impl InboundMessage for BenchMessage {
             KeyValue::new(mqtrace::core::semconv::MESSAGING_KAFKA_OFFSET, self.offset),
         ]
     }
+}
+
+/// The `batch_links` sides: `messages / 1,024` batch spans started and ended over the bench's
+/// 1,024 requests (`BatchSpanBuilder::start` as the worker calls it), for callgrind.
+fn batch_links_side(
+    side: &str,
+    link_attributes: LinkAttributes,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let telemetry = InProcessTelemetry::new();
+    let batch: Vec<BenchMessage> = (0..BATCH).map(BenchMessage::new).collect();
+    let batches = messages.div_ceil(BATCH);
+    let started = cpu_seconds();
+    for _ in 0..batches {
+        BatchSpanBuilder::new("kafka", REQUEST_TOPIC)
+            .with_link_limit(DEFAULT_LINK_LIMIT)
+            .with_link_attributes(link_attributes)
+            .with_consumer_group(Some("scorers"))
+            .with_client_id(Some("worker-1"))
+            .start(&telemetry.instrumentation, &batch, &Context::new())
+            .end();
+    }
+    let cpu = cpu_seconds() - started;
+    let exported = telemetry.flush();
+    println!(
+        "side {side}: {batches} batches of {BATCH}, {:.1} µs CPU each, {exported} spans exported",
+        cpu * 1e6 / batches as f64
+    );
+    Ok(())
 }
 
 /// The worker's source in this figure: batches are handed to [`Worker::process_batch`]
