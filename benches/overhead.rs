@@ -270,7 +270,8 @@ fn main() -> anyhow::Result<()> {
 /// slope, so setup cancels). Sides: `raw`, `traced`, `unsampled`, `by_hand`, `floor`
 /// (Kafka), `amqp_raw`, `amqp_traced`, `amqp_floor`; `batch_links`, `batch_links_none`
 /// (batch spans over the batch figure's 1,024 requests, `N / 1,024` of them, with identity
-/// link attributes or none: link building alone, no broker).
+/// link attributes or none: link building alone, no broker); `worker_traced`,
+/// `worker_untraced` (`N / 1,024` batches through `batch_tracing_share`'s worker).
 fn one_side(side: &str, messages: usize) -> anyhow::Result<()> {
     let link_attributes = match side {
         "batch_links" => Some(LinkAttributes::Identity),
@@ -279,6 +280,13 @@ fn one_side(side: &str, messages: usize) -> anyhow::Result<()> {
     };
     if let Some(link_attributes) = link_attributes {
         return batch_links_side(side, link_attributes, messages);
+    }
+    if let Some(traced) = match side {
+        "worker_traced" => Some(true),
+        "worker_untraced" => Some(false),
+        _ => None,
+    } {
+        return worker_side(side, traced, messages);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -744,6 +752,44 @@ fn batch_links_side(
             .start(&telemetry.instrumentation, &batch, &Context::new())
             .end();
     }
+    let cpu = cpu_seconds() - started;
+    let exported = telemetry.flush();
+    println!(
+        "side {side}: {batches} batches of {BATCH}, {:.1} µs CPU each, {exported} spans exported",
+        cpu * 1e6 / batches as f64
+    );
+    Ok(())
+}
+
+/// The `worker_*` sides: `messages / 1,024` batches through the bench worker of
+/// `batch_tracing_share`, traced or with a no-op tracer provider, for callgrind (the slope
+/// difference is the worker's tracing per batch in instructions, replies' send spans
+/// included).
+fn worker_side(side: &str, traced: bool, messages: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let telemetry = InProcessTelemetry::new();
+    let instrumentation = if traced {
+        telemetry.instrumentation.clone()
+    } else {
+        Instrumentation::builder()
+            .with_tracer_provider(&NoopTracerProvider::new())
+            .with_meter_provider(&telemetry.meter_provider)
+            .build()
+    };
+    let batch: Vec<BenchMessage> = (0..BATCH).map(BenchMessage::new).collect();
+    let batches = messages.div_ceil(BATCH);
+    let (mut worker, clocks) = bench_worker(&instrumentation);
+    let started = cpu_seconds();
+    runtime.block_on(async {
+        for _ in 0..batches {
+            worker_batch(&mut worker, &clocks, &batch).await?;
+        }
+        anyhow::Ok(())
+    })?;
     let cpu = cpu_seconds() - started;
     let exported = telemetry.flush();
     println!(
