@@ -193,25 +193,42 @@ pub fn parse_server(brokers: &str) -> Option<(String, i64)> {
 
 /// A partition number as the string value of `messaging.destination.partition.id`.
 ///
-/// Partitions 0 to 1023 share one string each, made on first use, so recording a partition
-/// on every message's spans and links costs no allocation; others are formatted.
+/// Partitions 0 to 1023 are slices of one string made on first use and kept for the life of
+/// the process, so recording a partition on every message's spans and links costs no
+/// allocation and no reference count (a value shared through an `Arc` would have its count
+/// bumped by the thread that records and dropped by the export thread, one contended cache
+/// line for every link of a batch); others are formatted.
 ///
 /// # Example
 ///
 /// ```
 /// assert_eq!(mqtrace_core::span::partition_id(3).as_str(), "3");
+/// assert_eq!(mqtrace_core::span::partition_id(1023).as_str(), "1023");
 /// assert_eq!(mqtrace_core::span::partition_id(-1).as_str(), "-1");
 /// ```
 pub fn partition_id(partition: i32) -> StringValue {
     const SHARED: usize = 1024;
-    static IDS: std::sync::OnceLock<Vec<StringValue>> = std::sync::OnceLock::new();
+    /// "0123…10231023": every shared id, and where each one ends.
+    struct Ids {
+        digits: String,
+        ends: Vec<usize>,
+    }
+    static IDS: std::sync::OnceLock<Ids> = std::sync::OnceLock::new();
     match usize::try_from(partition) {
-        Ok(index) if index < SHARED => IDS.get_or_init(|| {
-            (0..SHARED)
-                .map(|p| StringValue::from(Arc::<str>::from(p.to_string())))
-                .collect()
-        })[index]
-            .clone(),
+        Ok(index) if index < SHARED => {
+            let ids: &'static Ids = IDS.get_or_init(|| {
+                let mut digits = String::new();
+                let mut ends = Vec::with_capacity(SHARED);
+                for p in 0..SHARED {
+                    digits.push_str(&p.to_string());
+                    ends.push(digits.len());
+                }
+                Ids { digits, ends }
+            });
+            let start = index.checked_sub(1).map_or(0, |before| ids.ends[before]);
+            let id: &'static str = &ids.digits[start..ids.ends[index]];
+            StringValue::from(id)
+        }
         _ => StringValue::from(partition.to_string()),
     }
 }
