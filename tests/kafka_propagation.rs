@@ -474,17 +474,17 @@ async fn metrics_have_semconv_names_units_and_attributes() {
 /// onward for `02`.)
 #[tokio::test]
 async fn random_flag_survives_unsampled_and_sampled_hops() {
-    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
-    const INCOMING_PARENT: &str = "b7ad6b7169203331";
-    const TRACESTATE: &str = "congo=t61rcWkgMzE";
-    const FLAGS: [&str; 4] = ["02", "03", "00", "01"];
+    use common::random_flag::{
+        FLAGS, TRACESTATE, assert_forwarded, assert_only_sampled_hops_exported,
+        incoming_traceparent,
+    };
     let h = Harness::new("random-in").await;
     let out_topic = h.kafka.create_topic("random-out", 1).await.expect("topic");
     let producer = h.producer();
     let consumer = h.consumer();
     let downstream = h.consumer_of(&out_topic);
     for flags in FLAGS {
-        let traceparent = format!("00-{TRACE_ID}-{INCOMING_PARENT}-{flags}");
+        let traceparent = incoming_traceparent(flags);
         h.send_raw(
             OwnedHeaders::new()
                 .insert(Header {
@@ -526,27 +526,11 @@ async fn random_flag_survives_unsampled_and_sampled_hops() {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             })
         };
-        let traceparent = header("traceparent").expect("a traceparent is sent onward");
-        let fields: Vec<&str> = traceparent.split('-').collect();
-        assert_eq!(fields.len(), 4, "{traceparent}");
-        assert_eq!(fields[1], TRACE_ID, "{flags}: the trace continues");
-        assert_ne!(
-            fields[2], INCOMING_PARENT,
-            "{flags}: the send span's own id"
-        );
-        assert_eq!(fields[3], flags, "{flags} in, {traceparent} out");
-        assert_eq!(header("tracestate").as_deref(), Some(TRACESTATE), "{flags}");
+        assert_forwarded(flags, header("traceparent"), header("tracestate"));
     }
 
-    // The sampled hops are exported with their flags; the unsampled ones export nothing.
-    let spans = h.capture.spans();
-    for name in [format!("process {}", h.topic), format!("send {out_topic}")] {
-        let mut exported: Vec<u8> = spans
-            .named(&name)
-            .iter()
-            .map(|span| span.span_context.trace_flags().to_u8())
-            .collect();
-        exported.sort_unstable();
-        assert_eq!(exported, [0x01, 0x03], "{name}");
-    }
+    assert_only_sampled_hops_exported(
+        &h.capture.spans(),
+        &[format!("process {}", h.topic), format!("send {out_topic}")],
+    );
 }
