@@ -7,7 +7,7 @@ use common::{Harness, TIMEOUT, process_ok, recv};
 use mqtrace::core::ParentMode;
 use mqtrace::core::propagation::ExtractOutcome;
 use mqtrace::kafka::rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use mqtrace::kafka::rdkafka::producer::FutureRecord;
+use mqtrace::kafka::rdkafka::producer::{FutureRecord, Producer};
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 
@@ -388,6 +388,90 @@ async fn commit_is_a_settle_span() {
     spans.assert_kind(commit, SpanKind::Client);
     spans.assert_attr(commit, "messaging.operation.type", "settle");
     spans.assert_attr(commit, "messaging.operation.name", "commit");
+}
+
+#[tokio::test]
+async fn a_cloned_producer_shares_the_client_and_traces_like_the_original() {
+    let h = Harness::new("clone").await;
+    let original = h
+        .producer()
+        .with_key_capture(mqtrace::core::KeyCapture::Hashed);
+    let clone = original.clone();
+    assert_eq!(
+        clone.inner().client().native_ptr(),
+        original.inner().client().native_ptr(),
+        "a clone shares the librdkafka client, it does not create a second one"
+    );
+
+    // The clone sends from its own task, inside a caller's span.
+    let tracer = h.capture.tracer_provider().tracer("test");
+    let request = Context::current_with_span(tracer.start("clone.request"));
+    let topic = h.topic.clone();
+    let parent = request.clone();
+    tokio::spawn(async move {
+        clone
+            .send_with_context(
+                FutureRecord::<str, str>::to(&topic).payload("x").key("k"),
+                TIMEOUT,
+                &parent,
+            )
+            .await
+            .expect("delivered")
+    })
+    .await
+    .expect("send task");
+    request.span().end();
+    original
+        .send_with_context(
+            FutureRecord::<str, str>::to(&h.topic).payload("x").key("k"),
+            TIMEOUT,
+            &Context::new(),
+        )
+        .await
+        .expect("delivered");
+
+    let consumer = h.consumer();
+    let from_clone = recv(&consumer).await;
+    assert_eq!(from_clone.extracted().outcome, ExtractOutcome::Found);
+    process_ok(&consumer, &from_clone).await;
+
+    let spans = h.capture.spans();
+    let sends = spans.named(&format!("send {}", h.topic));
+    assert_eq!(
+        sends.len(),
+        2,
+        "both sends recorded by the same instrumentation"
+    );
+    let by_offset = |offset: i64| {
+        *sends
+            .iter()
+            .find(|s| spans.attr(s, "messaging.kafka.offset") == Some(&offset.into()))
+            .expect("send span at offset")
+    };
+    let (cloned_send, original_send) = (by_offset(0), by_offset(1));
+    spans.assert_child_of(cloned_send, spans.one("clone.request"));
+    spans.assert_root(original_send);
+    spans.assert_child_of(spans.one(&format!("process {}", h.topic)), cloned_send);
+    // Same options: server address/port and the hashed key, attribute for attribute.
+    for key in [
+        "messaging.system",
+        "messaging.destination.name",
+        "messaging.destination.partition.id",
+        "messaging.message.body.size",
+        "messaging.kafka.message.key",
+        "server.address",
+        "server.port",
+    ] {
+        assert!(
+            spans.attr(cloned_send, key).is_some(),
+            "{key} on the clone's send"
+        );
+        assert_eq!(
+            spans.attr(cloned_send, key),
+            spans.attr(original_send, key),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]

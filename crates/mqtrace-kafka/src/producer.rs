@@ -44,6 +44,23 @@ use crate::headers::merge_injected;
 /// println!("stored at offset {}", delivery.offset);
 /// # Ok(()) }
 /// ```
+///
+/// Like `FutureProducer`, it is `Clone`: a clone is cheap (reference counts) and shares
+/// the same librdkafka client and the same instrumentation, so each task can own one and
+/// its sends are traced exactly like the original's.
+///
+/// ```no_run
+/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use mqtrace_kafka::TracedProducer;
+/// use rdkafka::ClientConfig;
+///
+/// let producer = TracedProducer::from_config(
+///     ClientConfig::new().set("bootstrap.servers", "localhost:9092"),
+/// )?;
+/// let for_the_task = producer.clone(); // no second client
+/// # let _ = for_the_task;
+/// # Ok(()) }
+/// ```
 pub struct TracedProducer<C: ClientContext + 'static = DefaultClientContext> {
     inner: FutureProducer<C>,
     instrumentation: Instrumentation,
@@ -58,6 +75,19 @@ impl<C: ClientContext + 'static> fmt::Debug for TracedProducer<C> {
             .field("key_capture", &self.key_capture)
             .field("server", &self.server)
             .finish_non_exhaustive()
+    }
+}
+
+// Not derived: `FutureProducer<C>` is `Clone` for any context, and a derive would demand
+// `C: Clone` as well.
+impl<C: ClientContext + 'static> Clone for TracedProducer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            instrumentation: self.instrumentation.clone(),
+            key_capture: self.key_capture,
+            server: self.server.clone(),
+        }
     }
 }
 
@@ -212,5 +242,21 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client context that is not `Clone` itself, as a user's own may be.
+    struct NotClone;
+    impl ClientContext for NotClone {}
+
+    #[test]
+    fn cloneable_whatever_the_client_context() {
+        fn assert_clone<T: Clone + Send + Sync>() {}
+        assert_clone::<TracedProducer>();
+        assert_clone::<TracedProducer<NotClone>>();
     }
 }
