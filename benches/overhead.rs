@@ -664,7 +664,7 @@ fn request_body(i: usize) -> String {
         CATEGORIES[i % CATEGORIES.len()],
         COUNTRIES[(i / 3) % COUNTRIES.len()],
         i % 24,
-        i % 4 != 0,
+        !i.is_multiple_of(4),
     )
 }
 
@@ -2066,7 +2066,7 @@ fn main_job_spans(count: usize) -> Vec<SpanData> {
             kafka("process", "inference-replies"),
             vec![link(trace, id(3))],
         ));
-        if request % 64 == 0 {
+        if request.is_multiple_of(64) {
             let batch = request + 1_000_000;
             spans.push(span(
                 "process inference-requests",

@@ -192,7 +192,7 @@ fn request_body(run: &str, i: usize, bad: bool) -> String {
         categories[i % categories.len()],
         COUNTRIES[(i / 3) % COUNTRIES.len()],
         i % 24,
-        i % 4 != 0,
+        !i.is_multiple_of(4),
     )
 }
 
@@ -208,10 +208,9 @@ fn record_reply(arrivals: &Arrivals, payload: &[u8], run: &str) {
         .get("request_id")
         .and_then(|v| v.as_str())
         .filter(|id| of_run(id, run))
+        && let Ok(mut arrivals) = arrivals.lock()
     {
-        if let Ok(mut arrivals) = arrivals.lock() {
-            arrivals.entry(id.to_owned()).or_insert_with(Instant::now);
-        }
+        arrivals.entry(id.to_owned()).or_insert_with(Instant::now);
     }
 }
 

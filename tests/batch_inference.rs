@@ -191,7 +191,7 @@ fn valid_request(i: usize) -> (String, String) {
         i % 100,
         (i * 37) % 9000,
         i % 24,
-        i % 3 != 0
+        !i.is_multiple_of(3)
     );
     (id, body)
 }

@@ -1145,10 +1145,10 @@ fn panel_problems(dashboard: &Json, provisioned: &BTreeMap<String, String>) -> V
         let mut ref_ids = BTreeSet::new();
         for target in panel["targets"].as_array().into_iter().flatten() {
             sources.push(&target["datasource"]);
-            if let Some(ref_id) = target["refId"].as_str() {
-                if !ref_ids.insert(ref_id) {
-                    problems.push(format!("{title}: duplicate refId {ref_id}"));
-                }
+            if let Some(ref_id) = target["refId"].as_str()
+                && !ref_ids.insert(ref_id)
+            {
+                problems.push(format!("{title}: duplicate refId {ref_id}"));
             }
         }
         if panel["type"] != "row" && panel["targets"].as_array().is_none_or(Vec::is_empty) {

@@ -209,10 +209,11 @@ pub fn merge_injected(
             // Each distinct spelling of a replaced key (librdkafka removes by exact key).
             let mut stale: Vec<&str> = Vec::new();
             for (key, _) in raw_headers(headers.as_borrowed()) {
-                if let Ok(key) = std::str::from_utf8(key) {
-                    if injected.replaces(key) && !stale.contains(&key) {
-                        stale.push(key);
-                    }
+                if let Ok(key) = std::str::from_utf8(key)
+                    && injected.replaces(key)
+                    && !stale.contains(&key)
+                {
+                    stale.push(key);
                 }
             }
             let stale: Vec<String> = stale.into_iter().map(str::to_owned).collect();

@@ -271,10 +271,10 @@ pub fn prometheus_name(otel_name: &str, unit: &str, kind: MetricKind) -> String 
             per
         }
     };
-    if !per.is_empty() {
-        if let Some(trimmed) = main.strip_suffix('_') {
-            main = trimmed.to_owned();
-        }
+    if !per.is_empty()
+        && let Some(trimmed) = main.strip_suffix('_')
+    {
+        main = trimmed.to_owned();
     }
     if !main.is_empty() {
         tokens.push(main);
