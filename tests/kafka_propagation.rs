@@ -325,7 +325,93 @@ async fn handler_error_marks_the_process_span() {
     let spans = h.capture.spans();
     let process = spans.one(&format!("process {}", h.topic));
     assert_eq!(process.status, Status::error("model refused the input"));
-    spans.assert_attr(process, "error.type", "ScoringError");
+    spans.assert_attr(
+        process,
+        "error.type",
+        "kafka_propagation::handler_error_marks_the_process_span::ScoringError",
+    );
+}
+
+#[tokio::test]
+async fn error_type_is_the_full_type_path_or_the_errors_own() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("model refused the input")]
+    struct Refused;
+    impl mqtrace::core::ErrorType for Refused {
+        fn error_type(&self) -> std::borrow::Cow<'static, str> {
+            "refused".into()
+        }
+    }
+
+    let h = Harness::new("error-type").await;
+    for _ in 0..4 {
+        h.send_raw(OwnedHeaders::new()).await;
+    }
+    let consumer = h.consumer();
+    let message = recv(&consumer).await;
+    let failed = consumer
+        .process(&message, async {
+            Err::<(), _>(std::io::Error::other("disk full"))
+        })
+        .await;
+    assert!(failed.is_err());
+    let message = recv(&consumer).await;
+    let failed = consumer
+        .process(&message, async {
+            Err::<(), _>(anyhow::anyhow!("no model"))
+        })
+        .await;
+    assert!(failed.is_err());
+    let message = recv(&consumer).await;
+    let failed = consumer
+        .process(&message, async {
+            Err::<(), Box<dyn std::error::Error + Send + Sync>>("boxed".into())
+        })
+        .await;
+    assert!(failed.is_err());
+    let message = recv(&consumer).await;
+    let failed = consumer
+        .process_span(&message)
+        .run_with_error_type(async { Err::<(), _>(Refused) })
+        .await;
+    assert!(failed.is_err());
+
+    let spans = h.capture.spans();
+    let mut types: Vec<_> = spans
+        .named(&format!("process {}", h.topic))
+        .iter()
+        .map(|s| {
+            spans
+                .attr(s, "error.type")
+                .map(|v| v.as_str().into_owned())
+                .expect("error.type")
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "alloc::boxed::Box<dyn core::error::Error + Send + Sync>",
+            "anyhow::Error",
+            "refused",
+            "std::io::error::Error",
+        ]
+    );
+    // The process-duration metric carries the same values as the spans.
+    let mut metric_types: Vec<String> = h
+        .capture
+        .metrics()
+        .points("messaging.process.duration")
+        .iter()
+        .filter_map(|p| {
+            p.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "error.type")
+                .map(|kv| kv.value.as_str().into_owned())
+        })
+        .collect();
+    metric_types.sort();
+    assert_eq!(metric_types, types);
 }
 
 #[tokio::test]

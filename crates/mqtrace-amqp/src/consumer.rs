@@ -318,6 +318,11 @@ impl TracedConsumer {
 
     /// Runs `handler` inside `delivery`'s process span and returns its result; a reply
     /// published from the handler carries the process span's context.
+    ///
+    /// On `Err` the span gets error status and `error.type` = the error's full type path
+    /// ([`mqtrace_core::error_type_name`], e.g. `anyhow::Error`). For an error that supplies
+    /// its own value through [`mqtrace_core::ErrorType`], run the handler with
+    /// `self.process_span(..).run_with_error_type(handler)` instead.
     pub async fn process<F, T, E>(
         &self,
         delivery: &TracedDelivery,

@@ -50,6 +50,7 @@ pub mod batch;
 mod bound_metrics;
 pub mod carrier;
 mod error;
+pub mod error_type;
 pub mod instrumentation;
 pub mod metrics;
 pub mod propagation;
@@ -59,5 +60,6 @@ pub mod telemetry;
 pub mod trace_context;
 
 pub use error::{Error, Result};
+pub use error_type::{ErrorType, error_type_name};
 pub use instrumentation::Instrumentation;
 pub use span::{KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode};

@@ -15,6 +15,8 @@ use opentelemetry::baggage::{BaggageExt, KeyValueMetadata};
 use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
+use crate::error_type::ErrorType;
+pub use crate::error_type::error_type_name;
 use crate::instrumentation::Instrumentation;
 use crate::metrics::MessagingMetrics;
 use crate::propagation::Extracted;
@@ -854,8 +856,10 @@ impl MessagingSpan {
 
     /// Runs `work` with this span's context current (so the work's own spans and logs join
     /// the trace), then ends the span: successfully on `Ok`, with error status and
-    /// `error.type` = the error's type name on `Err`. Dropping the returned future before it
-    /// completes ends the span as cancelled.
+    /// `error.type` = the error's full type path ([`error_type_name`], e.g.
+    /// `std::io::error::Error`) on `Err`. Dropping the returned future before it completes
+    /// ends the span as cancelled. For an error that supplies its own `error.type`, see
+    /// [`MessagingSpan::run_with_error_type`].
     ///
     /// # Example
     ///
@@ -886,13 +890,62 @@ impl MessagingSpan {
         result
     }
 
+    /// Like [`MessagingSpan::run`], but `error.type` on `Err` is the error's own
+    /// [`ErrorType::error_type`] (an error code, say) instead of its type path.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::borrow::Cow;
+    /// use mqtrace_core::instrumentation::Instrumentation;
+    /// use mqtrace_core::span::{MessagingSpanBuilder, OperationType};
+    /// use mqtrace_core::ErrorType;
+    /// use opentelemetry::Context;
+    ///
+    /// #[derive(Debug)]
+    /// struct Rejected;
+    /// impl std::fmt::Display for Rejected {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("the model rejected the input")
+    ///     }
+    /// }
+    /// impl ErrorType for Rejected {
+    ///     fn error_type(&self) -> Cow<'static, str> {
+    ///         "rejected".into()
+    ///     }
+    /// }
+    ///
+    /// let span = MessagingSpanBuilder::new("kafka", OperationType::Process, "process")
+    ///     .with_destination("orders")
+    ///     .start(&Instrumentation::global(), &Context::current());
+    /// // The process span ends with error status and `error.type = rejected`.
+    /// let result = span.run_with_error_type(async { Err::<(), _>(Rejected) }).await;
+    /// assert!(result.is_err());
+    /// # })
+    /// ```
+    pub async fn run_with_error_type<F, T, E>(self, work: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: fmt::Display + ErrorType,
+    {
+        use opentelemetry::context::FutureExt;
+        let result = work.with_context(self.cx.clone()).await;
+        match &result {
+            Ok(_) => self.end(),
+            Err(error) => self.end_with_error(error.error_type(), error.to_string()),
+        }
+        result
+    }
+
     /// Ends the span successfully.
     pub fn end(mut self) {
         self.finish(None);
     }
 
     /// Ends the span with error status, `error.type = error_type` (low-cardinality: an error
-    /// code or type name) and `description` as the status message.
+    /// code or the full type path, see [`error_type_name`]) and `description` as the status
+    /// message.
     pub fn end_with_error(
         mut self,
         error_type: impl Into<StringValue>,
@@ -956,13 +1009,6 @@ impl Drop for MessagingSpan {
     }
 }
 
-/// The short type name of `E`, for `error.type` (`my_crate::HandlerError` → `HandlerError`).
-pub fn error_type_name<E: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<E>();
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -986,13 +1032,6 @@ mod tests {
             KeyCapture::Raw.capture(&[0xff, 0x01]).as_deref(),
             Some("ff01")
         );
-    }
-
-    #[test]
-    fn error_type_names_are_short() {
-        struct HandlerError;
-        assert_eq!(error_type_name::<HandlerError>(), "HandlerError");
-        assert_eq!(error_type_name::<Vec<u8>>(), "Vec");
     }
 
     #[test]

@@ -365,6 +365,11 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// The span is the current context while the handler runs, so a
     /// [`TracedProducer`](crate::TracedProducer) send inside it (a reply, a forward, a retry)
     /// carries the process span's context, never the stale incoming one.
+    ///
+    /// On `Err` the span gets error status and `error.type` = the error's full type path
+    /// ([`mqtrace_core::error_type_name`], e.g. `anyhow::Error`). For an error that supplies
+    /// its own value through [`mqtrace_core::ErrorType`], run the handler with
+    /// `self.process_span(..).run_with_error_type(handler)` instead.
     pub async fn process<F, T, E>(&self, message: &TracedMessage<'_>, handler: F) -> Result<T, E>
     where
         F: std::future::Future<Output = Result<T, E>>,
