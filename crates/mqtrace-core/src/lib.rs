@@ -14,7 +14,7 @@
 //! - [`trace_context`]: the strict W3C Trace Context Level 2 propagator (passes the W3C test
 //!   suite, keeps the random flag).
 //! - [`span`]: `send`/`receive`/`process`/`settle` spans per the messaging semantic conventions,
-//!   [`ParentMode`](span::ParentMode) and [`KeyCapture`](span::KeyCapture).
+//!   [`ParentMode`] and [`KeyCapture`].
 //! - [`metrics`]: the semconv messaging instruments.
 //! - [`instrumentation`]: tracer + instruments + propagation, shared by a wrapper.
 //! - [`telemetry`]: one call to export traces, metrics and logs over OTLP, or to OTLP-JSON

@@ -35,7 +35,9 @@ use crate::error::Error;
 /// How much of a failed answer's body goes into the error.
 const ERROR_BODY_BYTES: usize = 512;
 
-/// Exports spans as OTLP protobuf over HTTP (see the [module docs](self)).
+/// Exports spans as OTLP protobuf over HTTP: protobuf written straight from the span data,
+/// `OTEL_EXPORTER_OTLP_*HEADERS`, retries on 429/502/503/504 within the timeout, and calls from
+/// several threads at once allowed.
 ///
 /// [`super::build`] sets it up from the environment; build one yourself to export spans
 /// through a pipeline of your own.

@@ -55,7 +55,7 @@ pub struct MetricExportStats {
     pub failed: u64,
 }
 
-/// The pipeline's account: see the [module docs](self).
+/// The pipeline's account: what was exported and what was lost, by signal and reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TelemetryStats {
