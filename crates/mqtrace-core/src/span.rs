@@ -523,10 +523,15 @@ fn interned_span_name(operation: &'static str, destination: Option<&str>) -> Cow
         if let Some(name) = recent.iter().find(|name| is_name(name)) {
             return Some(Cow::Borrowed(*name));
         }
-        let interned = intern(format!("{operation} {destination}"))?;
-        recent.truncate(RECENT_NAMES - 1);
-        recent.insert(0, interned);
-        Some(Cow::Borrowed(interned))
+        match intern(format!("{operation} {destination}")) {
+            Ok(interned) => {
+                recent.truncate(RECENT_NAMES - 1);
+                recent.insert(0, interned);
+                Some(Cow::Borrowed(interned))
+            }
+            // The table is full: the name made for it serves this span.
+            Err(name) => Some(Cow::Owned(name)),
+        }
     });
     match recent {
         Ok(Some(name)) => name,
@@ -534,22 +539,28 @@ fn interned_span_name(operation: &'static str, destination: Option<&str>) -> Cow
     }
 }
 
-/// `name` as a string that lives as long as the process, or `None` once
-/// [`INTERNED_NAMES`] names are kept.
-fn intern(name: String) -> Option<&'static str> {
+/// `name` as a string that lives as long as the process, or `name` back once
+/// [`INTERNED_NAMES`] names are kept. A full table is known without taking the lock, so
+/// past it a name costs what it did before interning (one `format!`), not a locked search.
+fn intern(name: String) -> Result<&'static str, String> {
     static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    static FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if FULL.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(name);
+    }
     let mut names = NAMES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(kept) = names.iter().find(|kept| **kept == name) {
-        return Some(kept);
+        return Ok(kept);
     }
     if names.len() >= INTERNED_NAMES {
-        return None;
+        FULL.store(true, std::sync::atomic::Ordering::Relaxed);
+        return Err(name);
     }
     let kept: &'static str = Box::leak(name.into_boxed_str());
     names.push(kept);
-    Some(kept)
+    Ok(kept)
 }
 
 /// What a span's metric attributes are made of.

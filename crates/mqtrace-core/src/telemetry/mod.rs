@@ -131,23 +131,12 @@ impl TelemetryGuard {
     /// the export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 5 s) in all: call it at a quiet moment
     /// (e.g. before printing a summary), not per message.
     pub fn flush(&self) {
-        let mut tasks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-        if let Some(p) = self.tracer_provider.clone() {
-            tasks.push(Box::new(move || {
-                let _ = p.force_flush();
-            }));
-        }
-        if let Some(p) = self.meter_provider.clone() {
-            tasks.push(Box::new(move || {
-                let _ = p.force_flush();
-            }));
-        }
-        if let Some(p) = self.logger_provider.clone() {
-            tasks.push(Box::new(move || {
-                let _ = p.force_flush();
-            }));
-        }
-        run_bounded(tasks, self.accounts.export_timeout);
+        let pipelines = Pipeline::all(
+            self.tracer_provider.clone(),
+            self.meter_provider.clone(),
+            self.logger_provider.clone(),
+        );
+        run_bounded(pipelines, self.accounts.export_timeout, |p, _| p.flush());
     }
 
     /// Exports what is queued and shuts the pipelines down, side by side, waiting at most the
@@ -163,45 +152,69 @@ impl TelemetryGuard {
     }
 
     fn shutdown_pipelines(&mut self) {
-        let timeout = self.accounts.export_timeout;
-        let mut tasks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-        if let Some(p) = self.tracer_provider.take() {
-            tasks.push(Box::new(move || {
-                let _ = p.shutdown_with_timeout(timeout);
-            }));
-        }
-        if let Some(p) = self.meter_provider.take() {
-            tasks.push(Box::new(move || {
-                let _ = p.shutdown_with_timeout(timeout);
-            }));
-        }
-        if let Some(p) = self.logger_provider.take() {
-            tasks.push(Box::new(move || {
-                let _ = p.shutdown_with_timeout(timeout);
-            }));
-        }
-        if tasks.is_empty() {
+        let pipelines = Pipeline::all(
+            self.tracer_provider.take(),
+            self.meter_provider.take(),
+            self.logger_provider.take(),
+        );
+        if pipelines.is_empty() {
             return;
         }
         let started = Instant::now();
-        run_bounded(tasks, timeout);
+        run_bounded(pipelines, self.accounts.export_timeout, Pipeline::shutdown);
         self.accounts.shutdown_took = Some(started.elapsed());
     }
 }
 
-/// Runs `tasks` on their own threads and waits for them, at most `timeout` in all (plus a
-/// little for the threads to answer); a task still running then is left behind, its thread
-/// detached.
-fn run_bounded(tasks: Vec<Box<dyn FnOnce() + Send>>, timeout: Duration) {
+/// One of the three pipelines, to flush or shut down on a thread of its own.
+enum Pipeline {
+    Traces(SdkTracerProvider),
+    Metrics(SdkMeterProvider),
+    Logs(SdkLoggerProvider),
+}
+
+impl Pipeline {
+    fn all(
+        traces: Option<SdkTracerProvider>,
+        metrics: Option<SdkMeterProvider>,
+        logs: Option<SdkLoggerProvider>,
+    ) -> Vec<Self> {
+        let traces = traces.map(Self::Traces);
+        let metrics = metrics.map(Self::Metrics);
+        let logs = logs.map(Self::Logs);
+        [traces, metrics, logs].into_iter().flatten().collect()
+    }
+
+    fn flush(&self) {
+        let _ = match self {
+            Self::Traces(p) => p.force_flush(),
+            Self::Metrics(p) => p.force_flush(),
+            Self::Logs(p) => p.force_flush(),
+        };
+    }
+
+    fn shutdown(&self, timeout: Duration) {
+        let _ = match self {
+            Self::Traces(p) => p.shutdown_with_timeout(timeout),
+            Self::Metrics(p) => p.shutdown_with_timeout(timeout),
+            Self::Logs(p) => p.shutdown_with_timeout(timeout),
+        };
+    }
+}
+
+/// Runs `work` on each pipeline, each on its own thread, and waits for them, at most
+/// `timeout` in all (plus a little for the threads to answer); one still running then is
+/// left behind, its thread detached.
+fn run_bounded(pipelines: Vec<Pipeline>, timeout: Duration, work: fn(&Pipeline, Duration)) {
     let deadline = Instant::now() + timeout + Duration::from_millis(100);
     let (done, finished) = mpsc::channel();
     let mut running = 0;
-    for task in tasks {
+    for pipeline in pipelines {
         let done = done.clone();
         let spawned = std::thread::Builder::new()
             .name("mqtrace-telemetry-stop".into())
             .spawn(move || {
-                task();
+                work(&pipeline, timeout);
                 let _ = done.send(());
             });
         if spawned.is_ok() {

@@ -14,14 +14,14 @@
 //!
 //! [OTLP/JSON rules]: https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::trace::{Event, Link, SpanContext, SpanId};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 
-use super::otlp_proto::group_by_scope;
+use super::otlp_proto::{
+    group_by_scope, span_flags, span_kind, status_code, status_description, unix_nanos,
+};
 
 /// Encodes batches of spans of one resource as OTLP-JSON `ExportTraceServiceRequest`s.
 #[derive(Debug, Default)]
@@ -109,18 +109,6 @@ fn instrumentation_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
     out.extend_from_slice(b",\"droppedAttributesCount\":0}");
 }
 
-/// Bit 8 of `flags`: the remote-ness of the parent is known; bit 9: the parent is remote
-/// (OTLP `SpanFlags`, as `opentelemetry-proto` sets them).
-fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
-    const HAS_IS_REMOTE: u32 = 0x100;
-    const IS_REMOTE: u32 = 0x200;
-    let mut flags = u32::from(trace_flags) | HAS_IS_REMOTE;
-    if parent_is_remote {
-        flags |= IS_REMOTE;
-    }
-    flags
-}
-
 fn span_json(out: &mut Vec<u8>, span: &SpanData) {
     let context = &span.span_context;
     out.extend_from_slice(b"{\"traceId\":\"");
@@ -172,19 +160,9 @@ fn span_json(out: &mut Vec<u8>, span: &SpanData) {
     out.extend_from_slice(b"],\"droppedLinksCount\":");
     number(out, u64::from(span.links.dropped_count));
     out.extend_from_slice(b",\"status\":{\"message\":");
-    match &span.status {
-        Status::Error { description } => string(out, description),
-        _ => out.extend_from_slice(b"\"\""),
-    }
+    string(out, status_description(&span.status));
     out.extend_from_slice(b",\"code\":");
-    number(
-        out,
-        match span.status {
-            Status::Unset => 0,
-            Status::Ok => 1,
-            Status::Error { .. } => 2,
-        },
-    );
+    number(out, status_code(&span.status));
     out.extend_from_slice(b"}}");
 }
 
@@ -230,22 +208,6 @@ fn trace_state(out: &mut Vec<u8>, context: &SpanContext) {
     } else {
         string(out, &state.header());
     }
-}
-
-fn span_kind(kind: &SpanKind) -> u64 {
-    match kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn attributes<'a>(out: &mut Vec<u8>, attributes: impl IntoIterator<Item = &'a KeyValue>) {
@@ -420,7 +382,9 @@ fn string(out: &mut Vec<u8>, s: &str) {
 pub(crate) mod tests {
     use super::*;
     use std::borrow::Cow;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use opentelemetry::trace::{SpanKind, Status};
 
     use opentelemetry::trace::{SpanContext, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

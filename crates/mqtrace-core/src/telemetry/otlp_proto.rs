@@ -259,7 +259,7 @@ fn scope_body(out: &mut Vec<u8>, scope: &InstrumentationScope) {
 }
 
 /// OTLP `SpanFlags`: the trace flags, plus "remote-ness known" and "remote" bits.
-fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
+pub(crate) fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     let mut flags = u32::from(trace_flags) | 0x100;
     if parent_is_remote {
         flags |= 0x200;
@@ -267,7 +267,7 @@ fn span_flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     flags
 }
 
-fn unix_nanos(time: SystemTime) -> u64 {
+pub(crate) fn unix_nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
@@ -282,7 +282,7 @@ fn trace_state(context: &SpanContext) -> Option<String> {
     Some(state.header()).filter(|h| !h.is_empty())
 }
 
-fn span_kind(kind: &SpanKind) -> u64 {
+pub(crate) fn span_kind(kind: &SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -292,7 +292,7 @@ fn span_kind(kind: &SpanKind) -> u64 {
     }
 }
 
-fn status_code(status: &Status) -> u64 {
+pub(crate) fn status_code(status: &Status) -> u64 {
     match status {
         Status::Unset => 0,
         Status::Ok => 1,
@@ -300,7 +300,7 @@ fn status_code(status: &Status) -> u64 {
     }
 }
 
-fn status_description(status: &Status) -> &str {
+pub(crate) fn status_description(status: &Status) -> &str {
     match status {
         Status::Error { description } => description,
         _ => "",
