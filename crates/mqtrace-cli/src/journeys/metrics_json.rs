@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::otlp_json::{LineError, ReadError, any_string, as_u64};
+use super::otlp_json::{LineError, ReadError, any_string, as_u64, read_lines};
 
 /// The dropped-spans counter (`mqtrace_core::semconv::MQTRACE_TELEMETRY_SPANS_DROPPED`).
 pub const SPANS_DROPPED: &str = "mqtrace.telemetry.spans.dropped";
@@ -248,33 +248,11 @@ impl MetricSet {
     }
 
     /// Reads OTLP-JSON metrics lines from `reader` (`path` names it in errors).
-    pub fn read(&mut self, path: &Path, mut reader: impl BufRead) -> Result<(), ReadError> {
-        let mut buffer = Vec::new();
-        let mut number = 0;
-        loop {
-            buffer.clear();
-            let read = reader
-                .read_until(b'\n', &mut buffer)
-                .map_err(|source| ReadError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            if read == 0 {
-                return Ok(());
-            }
-            number += 1;
-            let line = buffer.trim_ascii();
-            if line.is_empty() {
-                continue;
-            }
-            if let Err(message) = self.read_line(line) {
-                self.errors.push(LineError {
-                    path: path.to_owned(),
-                    line: number,
-                    message,
-                });
-            }
-        }
+    pub fn read(&mut self, path: &Path, reader: impl BufRead) -> Result<(), ReadError> {
+        let mut errors = std::mem::take(&mut self.errors);
+        let read = read_lines(path, reader, &mut errors, |line| self.read_line(line));
+        self.errors = errors;
+        read.map(|_| ())
     }
 
     fn read_line(&mut self, line: &[u8]) -> Result<(), String> {

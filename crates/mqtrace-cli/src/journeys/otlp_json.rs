@@ -314,34 +314,11 @@ impl SpanSet {
 
     /// Reads OTLP-JSON lines from `reader` (`path` names it in errors).
     pub fn read(&mut self, path: &Path, reader: impl BufRead) -> Result<(), ReadError> {
-        let mut reader = reader;
-        let mut buffer = Vec::new();
-        let mut number = 0;
-        loop {
-            buffer.clear();
-            let read = reader
-                .read_until(b'\n', &mut buffer)
-                .map_err(|source| ReadError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            if read == 0 {
-                return Ok(());
-            }
-            number += 1;
-            self.lines += 1;
-            let line = buffer.trim_ascii();
-            if line.is_empty() {
-                continue;
-            }
-            if let Err(message) = self.read_line(line) {
-                self.errors.push(LineError {
-                    path: path.to_owned(),
-                    line: number,
-                    message,
-                });
-            }
-        }
+        let mut errors = std::mem::take(&mut self.errors);
+        let read = read_lines(path, reader, &mut errors, |line| self.read_line(line));
+        self.errors = errors;
+        self.lines += read?;
+        Ok(())
     }
 
     fn read_line(&mut self, line: &[u8]) -> Result<(), String> {
@@ -447,6 +424,43 @@ fn is_trace_file(path: &Path) -> bool {
         && (name.ends_with(".jsonl") || name.ends_with(".json"))
         && !name.starts_with("metrics")
         && !name.starts_with("logs")
+}
+
+/// Reads `reader` line by line (`path` names it in errors), handing each non-empty line,
+/// trimmed, to `read_line`; a line it rejects is recorded in `errors` with its number and the
+/// rest is read. Returns how many lines were read. Shared by the traces and metrics readers.
+pub(super) fn read_lines(
+    path: &Path,
+    mut reader: impl BufRead,
+    errors: &mut Vec<LineError>,
+    mut read_line: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<usize, ReadError> {
+    let mut buffer = Vec::new();
+    let mut number = 0;
+    loop {
+        buffer.clear();
+        let read = reader
+            .read_until(b'\n', &mut buffer)
+            .map_err(|source| ReadError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        if read == 0 {
+            return Ok(number);
+        }
+        number += 1;
+        let line = buffer.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if let Err(message) = read_line(line) {
+            errors.push(LineError {
+                path: path.to_owned(),
+                line: number,
+                message,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
