@@ -8,7 +8,9 @@
 //! (every request is two, and a batch ends dozens at once) always drops one. The test checks
 //! that first, so a pipeline that stopped dropping would fail here rather than pass vacuously.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use mqtrace_cli::journeys::{
@@ -24,42 +26,10 @@ const REQUESTS: u64 = 400;
 /// leaves no span but its producer counts it in `messaging.client.sent.messages`.
 const WARM_UP_REQUESTS: u64 = 1;
 
-/// The main job's binary, built by the cargo that runs this test, in the same target
-/// directory and profile.
-fn main_job() -> PathBuf {
-    // <target>/<profile>/deps/journeys_drops-<hash>
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("<target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("<target>");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "batch_inference",
-            "--profile",
-        ])
-        .arg(profile)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the main job failed");
-    profile_dir.join("examples").join("batch_inference")
-}
-
 /// Runs the main job with `queue`, its telemetry going to `telemetry`; returns its summary.
 fn lossy_run(telemetry: &Path, queue: &Queue) -> Value {
     let summary = telemetry.with_file_name("summary.json");
-    let output = Command::new(main_job())
+    let output = Command::new(common::built::main_job())
         .args(["--messages", &REQUESTS.to_string()])
         .args([
             "--max-batch",

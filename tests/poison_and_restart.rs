@@ -16,7 +16,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read as _};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -282,43 +281,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `target/{profile}`, where the test binary itself lies (in `deps/`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/{profile}/deps/{test}")
-        .to_owned()
-}
-
-/// Builds a target of the workspace with the cargo running the tests; returns the profile dir.
-fn cargo_build(args: &[&str]) -> PathBuf {
-    let dir = profile_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(cargo);
-    command
-        .arg("build")
-        .arg("--quiet")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.file_name().is_some_and(|name| name == "release") {
-        command.arg("--release");
-    }
-    let status = command.status().expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed");
-    dir
-}
-
-/// The main job, built.
-fn main_job() -> PathBuf {
-    cargo_build(&["-p", "mqtrace", "--example", "batch_inference"])
-        .join("examples")
-        .join("batch_inference")
-}
-
 /// `mqtrace mock-kafka` in its own process: the guard, its bootstrap and control addresses.
 fn mock_kafka() -> (KillOnDrop, String, String) {
-    let bin = cargo_build(&["-p", "mqtrace-cli", "--bin", "mqtrace"]).join("mqtrace");
+    let bin =
+        common::built::cargo_build(&["-p", "mqtrace-cli", "--bin", "mqtrace"]).join("mqtrace");
     let mut child = Command::new(bin)
         .args(["mock-kafka", "--duration", "600"])
         .stdout(Stdio::piped())
@@ -341,7 +307,7 @@ fn mock_kafka() -> (KillOnDrop, String, String) {
 
 /// The main job's command line against `bootstrap`, telemetry off (not what is tested).
 fn main_job_command(bootstrap: &str, control: Option<&str>) -> Command {
-    let mut command = Command::new(main_job());
+    let mut command = Command::new(common::built::main_job());
     command
         .args(["--bootstrap", bootstrap, "--hidden", "16"])
         .env("OTEL_SDK_DISABLED", "true")

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod amqp;
+pub mod built;
 pub mod random_flag;
 pub mod stalling_sink;
 pub mod w3c_cases;
