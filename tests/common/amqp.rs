@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use mqtrace::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use mqtrace::amqp::lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use mqtrace::amqp::lapin::types::{AMQPValue, FieldTable};
 use mqtrace::amqp::lapin::{BasicProperties, Channel};
 use mqtrace::amqp::{TracedConsumer, TracedDelivery, TracedPublisher};
@@ -77,7 +79,12 @@ impl AmqpHarness {
     }
 
     /// Publishes `payload` with exactly these headers through plain lapin, as a client that
-    /// knows nothing of tracing would.
+    /// knows nothing of tracing would, and waits for the broker's confirm.
+    ///
+    /// Each call opens its own channel, and RabbitMQ does not order messages across
+    /// channels: without the confirm, two calls in a row could be queued in either order
+    /// (CI once saw the third message delivered second). The confirm means the message is
+    /// queued before this returns, so consecutive calls are delivered in call order.
     pub async fn publish_raw(&self, headers: Vec<(&str, AMQPValue)>) {
         let mut table = FieldTable::default();
         for (key, value) in headers {
@@ -85,6 +92,10 @@ impl AmqpHarness {
         }
         let channel = self.rabbit.channel().await.expect("channel");
         channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirm = channel
             .basic_publish(
                 "".into(),
                 self.queue.as_str().into(),
@@ -95,7 +106,8 @@ impl AmqpHarness {
             .await
             .expect("publish")
             .await
-            .expect("written");
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker refused the message: {confirm:?}");
     }
 }
 
