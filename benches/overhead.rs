@@ -77,7 +77,7 @@ use mqtrace::core::batch::{
     MessageSource, Outgoing,
 };
 use mqtrace::core::propagation::{ExtractOutcome, Extracted, Propagation};
-use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
+use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, Sampling, TelemetryConfig};
 use mqtrace::core::{MessagingSpanBuilder, OperationType};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
@@ -103,8 +103,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, InMemorySpanExporter, Sampler, SdkTracerProvider,
-    SpanData, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, InMemorySpanExporter, SdkTracerProvider, SpanData,
+    SpanExporter,
 };
 use tokio::runtime::Runtime;
 
@@ -451,12 +451,12 @@ struct InProcessTelemetry {
 
 impl InProcessTelemetry {
     fn new() -> Self {
-        Self::with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        Self::with_sampling(Sampling::ParentBasedAlwaysOn)
     }
 
     /// Like [`InProcessTelemetry::new`], every span dropped by the sampler (`always_off`).
     fn unsampled() -> Self {
-        Self::with_sampler(Sampler::AlwaysOff)
+        Self::with_sampling(Sampling::AlwaysOff)
     }
 
     /// Finished spans kept in memory, exported one by one as they end (for shape checks).
@@ -466,12 +466,18 @@ impl InProcessTelemetry {
             .with_simple_exporter(exporter.clone())
             .build();
         (
-            Self::from_tracer_provider(tracer_provider, Arc::default()),
+            Self::from_tracer_provider(
+                tracer_provider,
+                Sampling::ParentBasedAlwaysOn,
+                Arc::default(),
+            ),
             exporter,
         )
     }
 
-    fn with_sampler(sampler: Sampler) -> Self {
+    /// The provider samples with `sampling`, and the instrumentation is told so
+    /// (`with_sampling`), as `telemetry::init` tells `Instrumentation::global()`.
+    fn with_sampling(sampling: Sampling) -> Self {
         let exporter = CountingExporter::default();
         let exported = Arc::clone(&exporter.spans);
         // A queue deep enough that a burst of 200,000 messages loses nothing: a dropped
@@ -487,13 +493,14 @@ impl InProcessTelemetry {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(sampler)
+            .with_sampler(sampling.to_sampler())
             .build();
-        Self::from_tracer_provider(tracer_provider, exported)
+        Self::from_tracer_provider(tracer_provider, sampling, exported)
     }
 
     fn from_tracer_provider(
         tracer_provider: SdkTracerProvider,
+        sampling: Sampling,
         exported: Arc<AtomicUsize>,
     ) -> Self {
         let meter_provider = SdkMeterProvider::builder()
@@ -501,6 +508,7 @@ impl InProcessTelemetry {
             .build();
         let instrumentation = Instrumentation::builder()
             .with_tracer_provider(&tracer_provider)
+            .with_sampling(sampling)
             .with_meter_provider(&meter_provider)
             .build();
         Self {

@@ -308,11 +308,11 @@ impl TracedConsumer {
     /// Starts the CONSUMER `process {destination}` span for `delivery` without running
     /// anything in it. [`TracedConsumer::process`] is simpler.
     pub fn process_span(&self, delivery: &TracedDelivery) -> MessagingSpan {
-        let (parent, links) = self.parent_mode.parent_and_links(&delivery.extracted);
+        let (parent, link) = self.parent_mode.parent_and_link(&delivery.extracted);
         delivery
             .span(OperationType::Process, "process")
             .with_body_size(delivery.delivery.data.len())
-            .with_links(links)
+            .with_links(link)
             .start(&self.instrumentation, &parent)
     }
 

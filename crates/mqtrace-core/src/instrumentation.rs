@@ -12,13 +12,17 @@ use std::sync::Arc;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Meter, MeterProvider};
-use opentelemetry::trace::{Span as _, SpanBuilder, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer, TracerProvider,
+};
 use opentelemetry::{Context, InstrumentationScope};
 
 use crate::carrier::HeaderSource;
+use crate::early_sampling::EarlySampler;
 use crate::metrics::MessagingMetrics;
 use crate::propagation::{ExtractOutcome, Extracted, Propagation};
 use crate::semconv;
+use crate::telemetry::Sampling;
 
 /// The instrumentation scope mqtrace's spans and metrics are reported under.
 pub fn scope() -> InstrumentationScope {
@@ -53,12 +57,15 @@ pub struct Instrumentation {
     meter: Meter,
     metrics: Arc<MessagingMetrics>,
     propagation: Propagation,
+    /// The tracer's sampler, when known: spans it drops are started without being built.
+    early: Option<Arc<EarlySampler>>,
 }
 
 impl fmt::Debug for Instrumentation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumentation")
             .field("propagation", &self.propagation)
+            .field("sampler_known", &self.early.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +97,13 @@ impl Instrumentation {
     /// carries its span context (for injection and children) and nothing else.
     pub(crate) fn start_in_context(&self, builder: SpanBuilder, parent: &Context) -> Context {
         self.starter.start_in_context(builder, parent)
+    }
+
+    /// `parent` with the context of a `kind` span the tracer's sampler drops whatever its
+    /// name, attributes and links, decided before anything is built; `None` when the span
+    /// must be built and started (see `early_sampling`).
+    pub(crate) fn dropped_early(&self, parent: &Context, kind: &SpanKind) -> Option<Context> {
+        self.early.as_ref()?.dropped(parent, kind)
     }
 
     /// The meter mqtrace's instruments live on, for components that add their own (the
@@ -158,6 +172,7 @@ pub struct InstrumentationBuilder {
     tracer: Option<(BoxedTracer, Arc<dyn SpanStarter>)>,
     meter: Option<Meter>,
     propagation: Propagation,
+    early: Option<EarlySampler>,
 }
 
 impl fmt::Debug for InstrumentationBuilder {
@@ -166,12 +181,17 @@ impl fmt::Debug for InstrumentationBuilder {
             .field("custom_tracer", &self.tracer.is_some())
             .field("custom_meter", &self.meter.is_some())
             .field("propagation", &self.propagation)
+            .field("sampler_known", &self.early.is_some())
             .finish()
     }
 }
 
 impl InstrumentationBuilder {
     /// Start spans with a tracer from `provider` instead of the global one.
+    ///
+    /// mqtrace cannot see which sampler `provider` uses, so every span is built in full
+    /// before the sampler decides; say which one with
+    /// [`InstrumentationBuilder::with_sampling`] to skip that for spans it drops.
     pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
     where
         P: TracerProvider,
@@ -181,6 +201,44 @@ impl InstrumentationBuilder {
         let boxed = BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())));
         let starter: Arc<dyn SpanStarter> = Arc::new(provider.tracer_with_scope(scope()));
         self.tracer = Some((boxed, starter));
+        self
+    }
+
+    /// Declares that the tracer provider given with
+    /// [`InstrumentationBuilder::with_tracer_provider`] samples with `sampling` (the SDK
+    /// sampler [`Sampling::to_sampler`] makes). mqtrace then asks that sampler before
+    /// building a span, and a span it drops is started without its name, attributes or
+    /// links being made: an unsampled message costs propagation and metrics, not spans.
+    /// Spans it keeps are built and sampled by the provider as before.
+    ///
+    /// It must be the provider's own sampler: with another one, spans the provider would
+    /// keep could be dropped. [`crate::telemetry::init`] (through `Instrumentation::global()`)
+    /// and [`TelemetryGuard::instrumentation`](crate::telemetry::TelemetryGuard::instrumentation)
+    /// know it without this.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::Instrumentation;
+    /// use mqtrace_core::telemetry::Sampling;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    ///
+    /// let sampling = Sampling::ParentBasedTraceIdRatio(0.01);
+    /// let provider = SdkTracerProvider::builder()
+    ///     .with_sampler(sampling.to_sampler())
+    ///     .build();
+    /// let instrumentation = Instrumentation::builder()
+    ///     .with_tracer_provider(&provider)
+    ///     .with_sampling(sampling)
+    ///     .build();
+    /// # let _ = instrumentation;
+    /// ```
+    pub fn with_sampling(self, sampling: Sampling) -> Self {
+        self.with_early_sampler(EarlySampler::new(sampling, None))
+    }
+
+    pub(crate) fn with_early_sampler(mut self, early: EarlySampler) -> Self {
+        self.early = Some(early);
         self
     }
 
@@ -204,12 +262,17 @@ impl InstrumentationBuilder {
         let meter = self
             .meter
             .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
-        let (tracer, starter) = match self.tracer {
-            Some((boxed, starter)) => (Arc::new(boxed), starter),
+        let (tracer, starter, early) = match self.tracer {
+            Some((boxed, starter)) => (Arc::new(boxed), starter, self.early),
             None => {
-                let global = Arc::new(opentelemetry::global::tracer_with_scope(scope()));
+                // The provider mqtrace's `telemetry::init` installed says which sampler its
+                // tracers use; any other says nothing (see `early_sampling`).
+                let (global, early) = crate::early_sampling::tracer_with_sampler(|| {
+                    opentelemetry::global::tracer_with_scope(scope())
+                });
+                let global = Arc::new(global);
                 let starter: Arc<dyn SpanStarter> = global.clone();
-                (global, starter)
+                (global, starter, early.or(self.early))
             }
         };
         Instrumentation {
@@ -218,6 +281,7 @@ impl InstrumentationBuilder {
             metrics: Arc::new(MessagingMetrics::new(&meter)),
             meter,
             propagation: self.propagation,
+            early: early.filter(EarlySampler::ever_drops).map(Arc::new),
         }
     }
 }

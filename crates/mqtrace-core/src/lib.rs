@@ -49,6 +49,7 @@
 pub mod batch;
 mod bound_metrics;
 pub mod carrier;
+pub(crate) mod early_sampling;
 mod error;
 pub mod error_type;
 pub mod instrumentation;

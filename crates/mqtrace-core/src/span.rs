@@ -95,14 +95,34 @@ impl ParentMode {
     /// assert!(links.is_empty());
     /// ```
     pub fn parent_and_links(&self, extracted: &Extracted) -> (Context, Vec<Link>) {
+        let (parent, link) = self.parent_and_link(extracted);
+        (parent, link.into_iter().collect())
+    }
+
+    /// Like [`ParentMode::parent_and_links`], with the one link (to the producer's
+    /// context, when there is one) as an `Option`, so nothing is allocated for it until a
+    /// span is built ([`MessagingSpanBuilder::with_link`] keeps one link inline).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::carrier::NoHeaders;
+    /// use mqtrace_core::propagation::Propagation;
+    /// use mqtrace_core::span::ParentMode;
+    ///
+    /// let extracted = Propagation::global().extract(&NoHeaders);
+    /// let (_parent, link) = ParentMode::Link.parent_and_link(&extracted);
+    /// assert!(link.is_none());
+    /// ```
+    pub fn parent_and_link(&self, extracted: &Extracted) -> (Context, Option<Link>) {
         match (extracted.remote_span_context(), self) {
-            (None, _) => (current_with_message_baggage(&extracted.context), Vec::new()),
+            (None, _) => (current_with_message_baggage(&extracted.context), None),
             (Some(remote), ParentMode::Parent) => {
-                (extracted.context.clone(), vec![Link::with_context(remote)])
+                (extracted.context.clone(), Some(Link::with_context(remote)))
             }
             (Some(remote), ParentMode::Link) => (
                 current_with_message_baggage(&extracted.context),
-                vec![Link::with_context(remote)],
+                Some(Link::with_context(remote)),
             ),
         }
     }
@@ -302,7 +322,15 @@ impl SpanExtras {
 /// offset and body size) and two spare slots for attributes known only after the start.
 const ATTRIBUTE_CAPACITY: usize = 12;
 
+/// Attributes a builder holds without allocating (a Kafka process span's offset, client id
+/// and key, say); more go into a vector.
+const INLINE_ATTRIBUTES: usize = 3;
+
 /// Builds a messaging span with the semconv attributes.
+///
+/// Nothing is allocated until [`MessagingSpanBuilder::start`]: when the tracer's sampler is
+/// known and drops the span, its name, attributes and links are never made (see
+/// [`InstrumentationBuilder::with_sampling`](crate::instrumentation::InstrumentationBuilder::with_sampling)).
 ///
 /// # Example
 ///
@@ -326,13 +354,20 @@ pub struct MessagingSpanBuilder {
     destination: Option<StringValue>,
     consumer_group: Option<StringValue>,
     server: Option<(StringValue, i64)>,
+    partition: Option<i32>,
+    body_size: Option<i64>,
+    /// The first attributes given, in order; the rest are in `attributes`.
+    inline: [Option<KeyValue>; INLINE_ATTRIBUTES],
     attributes: Vec<KeyValue>,
+    /// The first link given; the rest are in `links`.
+    first_link: Option<Link>,
     links: Vec<Link>,
 }
 
 impl MessagingSpanBuilder {
     /// A span for `operation_name` (e.g. `send`, `process`, `commit`, `ack`) on `system`
     /// (`messaging.system`, e.g. `kafka`, `rabbitmq`).
+    #[inline]
     pub fn new(
         system: &'static str,
         operation_type: OperationType,
@@ -345,11 +380,11 @@ impl MessagingSpanBuilder {
             destination: None,
             consumer_group: None,
             server: None,
-            // Room for the span's whole attribute list: the builder's own attributes, the
-            // metric attributes and `messaging.operation.type` put in front of them at start,
-            // and the two known only later (see `start_inner`), so the vector the SDK keeps
-            // for the span is this one, allocated once.
-            attributes: Vec::with_capacity(ATTRIBUTE_CAPACITY),
+            partition: None,
+            body_size: None,
+            inline: [const { None }; INLINE_ATTRIBUTES],
+            attributes: Vec::new(),
+            first_link: None,
             links: Vec::new(),
         }
     }
@@ -361,11 +396,10 @@ impl MessagingSpanBuilder {
     }
 
     /// `messaging.destination.partition.id`.
-    pub fn with_partition(self, partition: i32) -> Self {
-        self.with_attribute(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_PARTITION_ID,
-            partition_id(partition),
-        ))
+    #[inline]
+    pub fn with_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
     }
 
     /// `messaging.consumer.group.name`.
@@ -391,11 +425,10 @@ impl MessagingSpanBuilder {
     }
 
     /// `messaging.message.body.size`, in bytes. The body itself is never recorded.
-    pub fn with_body_size(self, bytes: usize) -> Self {
-        self.with_attribute(KeyValue::new(
-            semconv::MESSAGING_MESSAGE_BODY_SIZE,
-            i64::try_from(bytes).unwrap_or(i64::MAX),
-        ))
+    #[inline]
+    pub fn with_body_size(mut self, bytes: usize) -> Self {
+        self.body_size = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self
     }
 
     /// `server.address` and `server.port` of the broker.
@@ -405,14 +438,24 @@ impl MessagingSpanBuilder {
     }
 
     /// Any other attribute (e.g. `messaging.kafka.offset`).
+    #[inline]
     pub fn with_attribute(mut self, attribute: KeyValue) -> Self {
-        self.attributes.push(attribute);
+        self.push_attribute(attribute);
         self
+    }
+
+    fn push_attribute(&mut self, attribute: KeyValue) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(attribute),
+            None => self.attributes.push(attribute),
+        }
     }
 
     /// Adds attributes specific to this message or operation (keep them low-cardinality).
     pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = KeyValue>) -> Self {
-        self.attributes.extend(attributes);
+        for attribute in attributes {
+            self.push_attribute(attribute);
+        }
         self
     }
 
@@ -423,32 +466,73 @@ impl MessagingSpanBuilder {
     }
 
     /// Links the span to another span's context (e.g. a message's creation context).
+    #[inline]
     pub fn with_link(mut self, link: Link) -> Self {
-        self.links.push(link);
+        if self.first_link.is_none() && self.links.is_empty() {
+            self.first_link = Some(link);
+        } else {
+            self.links.push(link);
+        }
         self
     }
 
     /// Links the span to several contexts.
+    ///
+    /// The first link is kept inline, so an `Option<Link>` (a process span's link to its
+    /// message, from [`ParentMode::parent_and_link`]) allocates nothing until the span is
+    /// built, and nothing at all if the sampler drops it.
     pub fn with_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
-        if self.links.is_empty() {
-            // Collecting a `Vec`'s own iterator keeps its buffer: a vector of links handed
-            // over (a process span's link to its message) is moved, not copied.
-            self.links = links.into_iter().collect();
-        } else {
-            self.links.extend(links);
+        let mut links = links.into_iter();
+        if self.first_link.is_none() && self.links.is_empty() {
+            self.first_link = links.next();
         }
+        self.links.extend(links);
         self
     }
 
     /// Like [`MessagingSpanBuilder::with_links`], taking over `links`' buffer when the span
     /// has no links yet instead of copying them (a batch span's hundred-odd links).
     pub(crate) fn with_link_vec(mut self, links: Vec<Link>) -> Self {
-        if self.links.is_empty() {
+        if self.links.is_empty() && self.first_link.is_none() {
             self.links = links;
         } else {
             self.links.extend(links);
         }
         self
+    }
+
+    /// The links, in the order given.
+    fn take_links(&mut self) -> Vec<Link> {
+        let mut links = std::mem::take(&mut self.links);
+        if let Some(first) = self.first_link.take() {
+            links.insert(0, first);
+        }
+        links
+    }
+
+    /// The builder's own attributes, in the order given, after `front`, with two spare
+    /// slots: one vector, allocated once.
+    fn take_attributes(&mut self, front: &[KeyValue], operation_type: KeyValue) -> Vec<KeyValue> {
+        let own = usize::from(self.partition.is_some())
+            + usize::from(self.body_size.is_some())
+            + self.inline.iter().filter(|a| a.is_some()).count()
+            + self.attributes.len();
+        let mut attributes =
+            Vec::with_capacity((front.len() + 1 + own + 2).max(ATTRIBUTE_CAPACITY));
+        attributes.extend_from_slice(front);
+        attributes.push(operation_type);
+        if let Some(partition) = self.partition {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_PARTITION_ID,
+                partition_id(partition),
+            ));
+        }
+        attributes.extend(self.inline.iter_mut().filter_map(Option::take));
+        if let Some(bytes) = self.body_size {
+            attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_BODY_SIZE, bytes));
+        }
+        attributes.append(&mut self.attributes);
+        attributes
     }
 
     /// `{operation} {destination}`, or the bare operation name without a destination.
@@ -684,6 +768,23 @@ impl MessagingSpanBuilder {
         parent: &Context,
         started: Option<std::time::SystemTime>,
     ) -> MessagingSpan {
+        let kind = self.operation_type.span_kind();
+        let mut clock = Instant::now();
+        if let Some(started) = started {
+            clock -= started.elapsed().unwrap_or_default();
+        }
+        if let Some(cx) = instrumentation.dropped_early(parent, &kind) {
+            // The sampler drops the span whatever it carries: no name, attributes or links
+            // are made, only the metric attributes its measurements need.
+            return MessagingSpan {
+                cx,
+                started: clock,
+                operation_type: self.operation_type,
+                metric_attributes: self.take_metric_attributes(),
+                message_count: 1,
+                metrics: Some(instrumentation.metrics_arc()),
+            };
+        }
         let name = interned_span_name(
             self.operation_name,
             self.destination.as_ref().map(StringValue::as_str),
@@ -694,32 +795,16 @@ impl MessagingSpanBuilder {
             self.operation_type.as_str(),
         );
         // The span's attributes: the metric attributes, the operation type, then the
-        // builder's own. Two spare slots: the SDK keeps this vector for the span, and
+        // builder's own, with two spare slots: the SDK keeps this vector for the span, and
         // attributes known only later (a delivery's partition and offset, an error type)
-        // then need no reallocation. Built in the builder's vector when it has the room
-        // (it is made with `ATTRIBUTE_CAPACITY`), so no second vector is allocated.
-        let mut attributes = std::mem::take(&mut self.attributes);
-        let front = metric_attributes.len() + 1;
-        if attributes.capacity() - attributes.len() >= front + 2 {
-            // Appended, then turned to the front (`splice` costs several times more).
-            attributes.extend_from_slice(&metric_attributes);
-            attributes.push(operation_type);
-            attributes.rotate_right(front);
-        } else {
-            let mut grown = Vec::with_capacity(front + attributes.len() + 2);
-            grown.extend_from_slice(&metric_attributes);
-            grown.push(operation_type);
-            grown.append(&mut attributes);
-            attributes = grown;
-        }
+        // then need no reallocation.
+        let attributes = self.take_attributes(&metric_attributes, operation_type);
         let mut span_builder = opentelemetry::trace::SpanBuilder::from_name(name)
-            .with_kind(self.operation_type.span_kind())
+            .with_kind(kind)
             .with_attributes(attributes)
-            .with_links(self.links);
-        let mut clock = Instant::now();
+            .with_links(self.take_links());
         if let Some(started) = started {
             span_builder = span_builder.with_start_time(started);
-            clock -= started.elapsed().unwrap_or_default();
         }
         // A span the sampler dropped records nothing: its context only carries the span
         // context onward (injection, children), with no boxed span behind it, and with the

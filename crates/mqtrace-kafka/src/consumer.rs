@@ -336,7 +336,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// Starts the CONSUMER `process {topic}` span for `message` without running anything in
     /// it, for handlers that need manual control. [`TracedConsumer::process`] is simpler.
     pub fn process_span(&self, message: &TracedMessage<'_>) -> MessagingSpan {
-        let (parent, links) = self.parent_mode.parent_and_links(&message.extracted);
+        let (parent, link) = self.parent_mode.parent_and_link(&message.extracted);
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Process, "process")
             .with_destination(destination_name(message.topic()))
             .with_partition(message.partition())
@@ -345,7 +345,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
                 message.offset(),
             ))
             .with_body_size(message.payload_len())
-            .with_links(links);
+            .with_links(link);
         if message.payload().is_none() {
             builder = builder.with_attribute(KeyValue::new(
                 semconv::MESSAGING_KAFKA_MESSAGE_TOMBSTONE,

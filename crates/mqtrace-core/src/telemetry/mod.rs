@@ -43,6 +43,7 @@ mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,10 @@ pub struct TelemetryGuard {
     logger_provider: Option<SdkLoggerProvider>,
     destination: Destination,
     accounts: Accounts,
+    /// The tracer provider's sampler, which mqtrace asks before building a span
+    /// (`early_sampling`), for as long as `sampling_alive` is set: until shutdown.
+    sampling: Sampling,
+    sampling_alive: Arc<AtomicBool>,
 }
 
 /// The pipelines' counters, read for [`TelemetryStats`].
@@ -110,6 +115,41 @@ impl TelemetryGuard {
     /// The logger provider, for a log bridge (e.g. `opentelemetry-appender-tracing`).
     pub fn logger_provider(&self) -> Option<&SdkLoggerProvider> {
         self.logger_provider.as_ref()
+    }
+
+    /// An [`Instrumentation`](crate::Instrumentation) with this guard's tracer and meter
+    /// providers, for traced clients of a pipeline that is not installed globally
+    /// ([`build`]). It knows the provider's sampler, so a span the sampler drops is started
+    /// without building its name, attributes or links (as with [`init`] and
+    /// `Instrumentation::global()`). With telemetry disabled, the global (no-op) providers.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::telemetry::{self, Destination, TelemetryConfig};
+    ///
+    /// let dir = std::env::temp_dir().join("mqtrace-doc-guard-instrumentation");
+    /// let guard = telemetry::build(
+    ///     TelemetryConfig::default().with_destination(Destination::Files { dir }),
+    /// )?;
+    /// let instrumentation = guard.instrumentation();
+    /// # let _ = instrumentation;
+    /// # Ok::<_, mqtrace_core::Error>(())
+    /// ```
+    pub fn instrumentation(&self) -> crate::Instrumentation {
+        let mut builder = crate::Instrumentation::builder();
+        if let Some(traces) = &self.tracer_provider {
+            builder = builder.with_tracer_provider(traces).with_early_sampler(
+                crate::early_sampling::EarlySampler::new(
+                    self.sampling,
+                    Some(Arc::clone(&self.sampling_alive)),
+                ),
+            );
+        }
+        if let Some(metrics) = &self.meter_provider {
+            builder = builder.with_meter_provider(metrics);
+        }
+        builder.build()
     }
 
     /// What was exported and what was lost so far (spans still queued are in neither).
@@ -152,6 +192,8 @@ impl TelemetryGuard {
     }
 
     fn shutdown_pipelines(&mut self) {
+        // From now on the SDK gives every span an empty context; so does mqtrace.
+        self.sampling_alive.store(false, Ordering::Relaxed);
         let pipelines = Pipeline::all(
             self.tracer_provider.take(),
             self.meter_provider.take(),
@@ -278,7 +320,14 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
     crate::propagation::install_default_propagator();
     let guard = build(config)?;
     if let Some(provider) = guard.tracer_provider() {
-        opentelemetry::global::set_tracer_provider(provider.clone());
+        // Marked, so that `Instrumentation::global()` knows the sampler (`early_sampling`).
+        opentelemetry::global::set_tracer_provider(
+            crate::early_sampling::MarkedTracerProvider::new(
+                provider.clone(),
+                guard.sampling,
+                Arc::clone(&guard.sampling_alive),
+            ),
+        );
     }
     if let Some(provider) = guard.meter_provider() {
         opentelemetry::global::set_meter_provider(provider.clone());
@@ -335,6 +384,8 @@ pub fn build(config: TelemetryConfig) -> Result<TelemetryGuard> {
         logger_provider,
         destination,
         accounts,
+        sampling: config.sampling(),
+        sampling_alive: Arc::new(AtomicBool::new(true)),
     })
 }
 
