@@ -325,9 +325,8 @@ mod tests {
                 }
                 by_sdk.end();
                 decided_early.end();
-                let exported = |spans: &InMemorySpanExporter| {
-                    spans.get_finished_spans().expect("spans").len()
-                };
+                let exported =
+                    |spans: &InMemorySpanExporter| spans.get_finished_spans().expect("spans").len();
                 assert_eq!(
                     exported(&early_spans),
                     exported(&sdk_spans),
@@ -365,10 +364,18 @@ mod tests {
             Sampling::ParentBasedTraceIdRatio(0.5),
         ] {
             let early = EarlySampler::new(sampling, None);
-            assert!(early.dropped(&Context::new(), &SpanKind::Producer).is_none());
+            assert!(
+                early
+                    .dropped(&Context::new(), &SpanKind::Producer)
+                    .is_none()
+            );
         }
         let early = EarlySampler::new(Sampling::AlwaysOff, None);
-        assert!(early.dropped(&Context::new(), &SpanKind::Producer).is_some());
+        assert!(
+            early
+                .dropped(&Context::new(), &SpanKind::Producer)
+                .is_some()
+        );
         assert!(!EarlySampler::new(Sampling::AlwaysOn, None).ever_drops());
     }
 
@@ -376,12 +383,24 @@ mod tests {
     fn nothing_is_decided_early_after_shutdown_or_when_telemetry_is_suppressed() {
         let alive = Arc::new(AtomicBool::new(true));
         let early = EarlySampler::new(Sampling::AlwaysOff, Some(Arc::clone(&alive)));
-        assert!(early.dropped(&Context::new(), &SpanKind::Consumer).is_some());
+        assert!(
+            early
+                .dropped(&Context::new(), &SpanKind::Consumer)
+                .is_some()
+        );
         let suppressed = Context::enter_telemetry_suppressed_scope();
-        assert!(early.dropped(&Context::current(), &SpanKind::Consumer).is_none());
+        assert!(
+            early
+                .dropped(&Context::current(), &SpanKind::Consumer)
+                .is_none()
+        );
         drop(suppressed);
         alive.store(false, Ordering::Relaxed);
-        assert!(early.dropped(&Context::new(), &SpanKind::Consumer).is_none());
+        assert!(
+            early
+                .dropped(&Context::new(), &SpanKind::Consumer)
+                .is_none()
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl ParentMode {
 
     /// Like [`ParentMode::parent_and_links`], with the one link (to the producer's
     /// context, when there is one) as an `Option`, so nothing is allocated for it until a
-    /// span is built ([`MessagingSpanBuilder::with_link`] keeps one link inline).
+    /// span is built ([`MessagingSpanBuilder::with_link`] takes a spare vector).
     ///
     /// # Example
     ///
@@ -322,14 +322,53 @@ impl SpanExtras {
 /// offset and body size) and two spare slots for attributes known only after the start.
 const ATTRIBUTE_CAPACITY: usize = 12;
 
-/// Attributes a builder holds without allocating (a Kafka process span's offset, client id
-/// and key, say); more go into a vector.
-const INLINE_ATTRIBUTES: usize = 3;
+/// Spare attribute and link vectors each thread keeps for span builders (see
+/// [`spare_vec`]).
+const SPARE_VECTORS: usize = 4;
+
+thread_local! {
+    static SPARE_ATTRIBUTES: std::cell::RefCell<Vec<Vec<KeyValue>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_LINKS: std::cell::RefCell<Vec<Vec<Link>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+type Spares<T> = std::thread::LocalKey<std::cell::RefCell<Vec<Vec<T>>>>;
+
+/// An empty vector with room for `capacity`, from this thread's spares when there is one.
+///
+/// A span builder collects attributes and links before the sampler decides. A span the
+/// sampler drops early gives its vectors back ([`give_back`]), so the next builder takes
+/// them instead of allocating: an unsampled message allocates nothing for its spans. A kept
+/// span's vectors go to the SDK with the span, as they always did.
+fn spare_vec<T>(spares: &'static Spares<T>, capacity: usize) -> Vec<T> {
+    spares
+        .try_with(|spares| spares.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(capacity))
+}
+
+/// `vector`, emptied, kept as a spare for the next builder on this thread.
+fn give_back<T>(spares: &'static Spares<T>, mut vector: Vec<T>) {
+    if vector.capacity() == 0 {
+        return;
+    }
+    vector.clear();
+    let _ = spares.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut()
+            && spares.len() < SPARE_VECTORS
+        {
+            spares.push(vector);
+        }
+    });
+}
 
 /// Builds a messaging span with the semconv attributes.
 ///
-/// Nothing is allocated until [`MessagingSpanBuilder::start`]: when the tracer's sampler is
-/// known and drops the span, its name, attributes and links are never made (see
+/// When the tracer's sampler is known and drops the span, its name and attribute list are
+/// never made, and the vectors its attributes and links were collected in are kept for the
+/// next builder on the thread (see
 /// [`InstrumentationBuilder::with_sampling`](crate::instrumentation::InstrumentationBuilder::with_sampling)).
 ///
 /// # Example
@@ -356,11 +395,9 @@ pub struct MessagingSpanBuilder {
     server: Option<(StringValue, i64)>,
     partition: Option<i32>,
     body_size: Option<i64>,
-    /// The first attributes given, in order; the rest are in `attributes`.
-    inline: [Option<KeyValue>; INLINE_ATTRIBUTES],
+    /// Empty until an attribute is given; then a spare vector or a new one (see
+    /// [`spare_vec`]).
     attributes: Vec<KeyValue>,
-    /// The first link given; the rest are in `links`.
-    first_link: Option<Link>,
     links: Vec<Link>,
 }
 
@@ -382,14 +419,13 @@ impl MessagingSpanBuilder {
             server: None,
             partition: None,
             body_size: None,
-            inline: [const { None }; INLINE_ATTRIBUTES],
             attributes: Vec::new(),
-            first_link: None,
             links: Vec::new(),
         }
     }
 
     /// `messaging.destination.name`, also the second word of the span name.
+    #[inline]
     pub fn with_destination(mut self, destination: impl Into<StringValue>) -> Self {
         self.destination = Some(destination.into());
         self
@@ -403,12 +439,14 @@ impl MessagingSpanBuilder {
     }
 
     /// `messaging.consumer.group.name`.
+    #[inline]
     pub fn with_consumer_group(mut self, group: impl Into<StringValue>) -> Self {
         self.consumer_group = Some(group.into());
         self
     }
 
     /// `messaging.client.id`: which client (worker instance) did this.
+    #[inline]
     pub fn with_client_id(self, id: impl Into<StringValue>) -> Self {
         self.with_attribute(KeyValue::new(
             semconv::MESSAGING_CLIENT_ID,
@@ -417,6 +455,7 @@ impl MessagingSpanBuilder {
     }
 
     /// `messaging.message.id`.
+    #[inline]
     pub fn with_message_id(self, id: impl Into<StringValue>) -> Self {
         self.with_attribute(KeyValue::new(
             semconv::MESSAGING_MESSAGE_ID,
@@ -432,6 +471,7 @@ impl MessagingSpanBuilder {
     }
 
     /// `server.address` and `server.port` of the broker.
+    #[inline]
     pub fn with_server(mut self, address: impl Into<StringValue>, port: i64) -> Self {
         self.server = Some((address.into(), port));
         self
@@ -445,13 +485,14 @@ impl MessagingSpanBuilder {
     }
 
     fn push_attribute(&mut self, attribute: KeyValue) {
-        match self.inline.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => *slot = Some(attribute),
-            None => self.attributes.push(attribute),
+        if self.attributes.capacity() == 0 {
+            self.attributes = spare_vec(&SPARE_ATTRIBUTES, ATTRIBUTE_CAPACITY);
         }
+        self.attributes.push(attribute);
     }
 
     /// Adds attributes specific to this message or operation (keep them low-cardinality).
+    #[inline]
     pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = KeyValue>) -> Self {
         for attribute in attributes {
             self.push_attribute(attribute);
@@ -460,6 +501,7 @@ impl MessagingSpanBuilder {
     }
 
     /// Adds `extras`' links and attributes.
+    #[inline]
     pub fn with_extras(self, extras: SpanExtras) -> Self {
         self.with_links(extras.links)
             .with_attributes(extras.attributes)
@@ -468,70 +510,70 @@ impl MessagingSpanBuilder {
     /// Links the span to another span's context (e.g. a message's creation context).
     #[inline]
     pub fn with_link(mut self, link: Link) -> Self {
-        if self.first_link.is_none() && self.links.is_empty() {
-            self.first_link = Some(link);
-        } else {
-            self.links.push(link);
+        if self.links.capacity() == 0 {
+            self.links = spare_vec(&SPARE_LINKS, 1);
         }
+        self.links.push(link);
         self
     }
 
     /// Links the span to several contexts.
-    ///
-    /// The first link is kept inline, so an `Option<Link>` (a process span's link to its
-    /// message, from [`ParentMode::parent_and_link`]) allocates nothing until the span is
-    /// built, and nothing at all if the sampler drops it.
+    #[inline]
     pub fn with_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
-        let mut links = links.into_iter();
-        if self.first_link.is_none() && self.links.is_empty() {
-            self.first_link = links.next();
-        }
-        self.links.extend(links);
-        self
-    }
-
-    /// Like [`MessagingSpanBuilder::with_links`], taking over `links`' buffer when the span
-    /// has no links yet instead of copying them (a batch span's hundred-odd links).
-    pub(crate) fn with_link_vec(mut self, links: Vec<Link>) -> Self {
-        if self.links.is_empty() && self.first_link.is_none() {
-            self.links = links;
+        if self.links.is_empty() && self.links.capacity() == 0 {
+            let mut links = links.into_iter();
+            match links.next() {
+                // One link (a process span's, to its message): a spare vector holds it.
+                Some(first) => self = self.with_link(first),
+                None => return self,
+            }
+            self.links.extend(links);
         } else {
             self.links.extend(links);
         }
         self
     }
 
-    /// The links, in the order given.
-    fn take_links(&mut self) -> Vec<Link> {
-        let mut links = std::mem::take(&mut self.links);
-        if let Some(first) = self.first_link.take() {
-            links.insert(0, first);
+    /// Like [`MessagingSpanBuilder::with_links`], taking over `links`' buffer when the span
+    /// has no links yet instead of copying them (a batch span's hundred-odd links).
+    pub(crate) fn with_link_vec(mut self, links: Vec<Link>) -> Self {
+        if self.links.is_empty() {
+            give_back(&SPARE_LINKS, std::mem::replace(&mut self.links, links));
+        } else {
+            self.links.extend(links);
         }
-        links
+        self
     }
 
-    /// The builder's own attributes, in the order given, after `front`, with two spare
-    /// slots: one vector, allocated once.
+    /// The span's attributes: `front`, `operation_type`, then the builder's own in the
+    /// order given, with two spare slots (attributes known only after the start then need
+    /// no reallocation). Built in the builder's vector when it has the room, so the SDK
+    /// keeps that one and no second vector is allocated.
     fn take_attributes(&mut self, front: &[KeyValue], operation_type: KeyValue) -> Vec<KeyValue> {
-        let own = usize::from(self.partition.is_some())
-            + usize::from(self.body_size.is_some())
-            + self.inline.iter().filter(|a| a.is_some()).count()
-            + self.attributes.len();
-        let mut attributes =
-            Vec::with_capacity((front.len() + 1 + own + 2).max(ATTRIBUTE_CAPACITY));
-        attributes.extend_from_slice(front);
-        attributes.push(operation_type);
         if let Some(partition) = self.partition {
-            attributes.push(KeyValue::new(
+            self.push_attribute(KeyValue::new(
                 semconv::MESSAGING_DESTINATION_PARTITION_ID,
                 partition_id(partition),
             ));
         }
-        attributes.extend(self.inline.iter_mut().filter_map(Option::take));
         if let Some(bytes) = self.body_size {
-            attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_BODY_SIZE, bytes));
+            self.push_attribute(KeyValue::new(semconv::MESSAGING_MESSAGE_BODY_SIZE, bytes));
         }
-        attributes.append(&mut self.attributes);
+        let mut attributes = std::mem::take(&mut self.attributes);
+        let before = front.len() + 1;
+        if attributes.capacity() - attributes.len() >= before + 2 {
+            // Appended, then turned to the front (`splice` costs several times more).
+            attributes.extend_from_slice(front);
+            attributes.push(operation_type);
+            attributes.rotate_right(before);
+        } else {
+            let mut grown = Vec::with_capacity(before + attributes.len() + 2);
+            grown.extend_from_slice(front);
+            grown.push(operation_type);
+            grown.append(&mut attributes);
+            give_back(&SPARE_ATTRIBUTES, attributes);
+            attributes = grown;
+        }
         attributes
     }
 
@@ -747,14 +789,16 @@ fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
 
 impl MessagingSpanBuilder {
     /// Starts the span as a child of `parent`, with the instrumentation's tracer.
-    pub fn start(self, instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
+    #[inline]
+    pub fn start(mut self, instrumentation: &Instrumentation, parent: &Context) -> MessagingSpan {
         self.start_inner(instrumentation, parent, None)
     }
 
     /// Like [`MessagingSpanBuilder::start`], for an operation that began at `started` (e.g. a
     /// batch receive whose span is created once messages arrived).
+    #[inline]
     pub fn start_at(
-        self,
+        mut self,
         instrumentation: &Instrumentation,
         parent: &Context,
         started: std::time::SystemTime,
@@ -762,8 +806,10 @@ impl MessagingSpanBuilder {
         self.start_inner(instrumentation, parent, Some(started))
     }
 
+    /// Starts the span from the builder where it lies (it is a few hundred bytes: taken by
+    /// reference, not moved), leaving it empty.
     fn start_inner(
-        mut self,
+        &mut self,
         instrumentation: &Instrumentation,
         parent: &Context,
         started: Option<std::time::SystemTime>,
@@ -774,8 +820,11 @@ impl MessagingSpanBuilder {
             clock -= started.elapsed().unwrap_or_default();
         }
         if let Some(cx) = instrumentation.dropped_early(parent, &kind) {
-            // The sampler drops the span whatever it carries: no name, attributes or links
-            // are made, only the metric attributes its measurements need.
+            // The sampler drops the span whatever it carries: no name or attribute list is
+            // made (the vectors go back to the spares), only the metric attributes its
+            // measurements need.
+            give_back(&SPARE_ATTRIBUTES, std::mem::take(&mut self.attributes));
+            give_back(&SPARE_LINKS, std::mem::take(&mut self.links));
             return MessagingSpan {
                 cx,
                 started: clock,
@@ -802,7 +851,7 @@ impl MessagingSpanBuilder {
         let mut span_builder = opentelemetry::trace::SpanBuilder::from_name(name)
             .with_kind(kind)
             .with_attributes(attributes)
-            .with_links(self.take_links());
+            .with_links(std::mem::take(&mut self.links));
         if let Some(started) = started {
             span_builder = span_builder.with_start_time(started);
         }
