@@ -419,7 +419,7 @@ impl BatchSpanBuilder {
                     KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, links.len() as i64),
                 ])
                 .with_links(links)
-                .start_with_context(tracer, span.context())
+                .start_with_context(&*tracer, span.context())
                 .end();
         }
         BatchSpan { span }

@@ -4,11 +4,15 @@
 //! meter provider and propagator; tests and applications that keep their own providers pass
 //! them with the builder.
 //!
-//! The global tracer and meter are captured when the instrumentation is built, so build it
-//! (or the wrapper) *after* [`crate::telemetry::init`].
+//! The global tracer is followed, not captured: an instrumentation (or wrapper) built before
+//! a provider is installed traces with it once it is, at once with [`crate::telemetry::init`]
+//! or after [`refresh_global_tracer`], else within a second. The global meter is captured
+//! when the instrumentation is built, so build it *after* the meter provider is installed
+//! ([`crate::telemetry::init`] installs both).
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Meter, MeterProvider};
@@ -23,6 +27,8 @@ use crate::metrics::MessagingMetrics;
 use crate::propagation::{ExtractOutcome, Extracted, Propagation};
 use crate::semconv;
 use crate::telemetry::Sampling;
+
+pub use crate::global_tracer::refresh as refresh_global_tracer;
 
 /// The instrumentation scope mqtrace's spans and metrics are reported under.
 pub fn scope() -> InstrumentationScope {
@@ -51,21 +57,40 @@ pub fn scope() -> InstrumentationScope {
 /// ```
 #[derive(Clone)]
 pub struct Instrumentation {
-    tracer: Arc<BoxedTracer>,
-    /// The same tracer with its own span type, for mqtrace's messaging spans.
-    starter: Arc<dyn SpanStarter>,
+    tracer: TracerSource,
     meter: Meter,
     metrics: Arc<MessagingMetrics>,
     propagation: Propagation,
-    /// The tracer's sampler, when known: spans it drops are started without being built.
+    /// The tracer's sampler, when declared or known for a given provider: spans it drops
+    /// are started without being built. The global provider's comes with it when resolved.
     early: Option<Arc<EarlySampler>>,
+}
+
+/// Where spans are started.
+#[derive(Clone)]
+enum TracerSource {
+    /// A provider given to the builder: its tracer, boxed for [`Instrumentation::tracer`],
+    /// and the same tracer with its own span type, for mqtrace's messaging spans.
+    Provider {
+        tracer: Arc<BoxedTracer>,
+        starter: Arc<dyn SpanStarter>,
+    },
+    /// Whatever provider is installed globally now (`global_tracer`).
+    Global,
 }
 
 impl fmt::Debug for Instrumentation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumentation")
+            .field(
+                "tracer",
+                &match self.tracer {
+                    TracerSource::Provider { .. } => "provider",
+                    TracerSource::Global => "global",
+                },
+            )
             .field("propagation", &self.propagation)
-            .field("sampler_known", &self.early.is_some())
+            .field("sampler_declared", &self.early.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,23 +112,51 @@ impl Instrumentation {
         InstrumentationBuilder::default()
     }
 
-    /// The tracer spans are started with.
-    pub fn tracer(&self) -> &BoxedTracer {
-        &self.tracer
+    /// The tracer spans are started with: the given provider's, or the global provider's
+    /// as installed now (a tracer taken from it keeps that provider; take it per use).
+    pub fn tracer(&self) -> Arc<BoxedTracer> {
+        match &self.tracer {
+            TracerSource::Provider { tracer, .. } => Arc::clone(tracer),
+            TracerSource::Global => crate::global_tracer::with_current(Instant::now(), |global| {
+                Arc::clone(&global.tracer)
+            }),
+        }
     }
 
     /// Starts a span from `builder` as a child of `parent` and returns `parent` with it
     /// active. A span the sampler dropped is not kept behind the context: the context
     /// carries its span context (for injection and children) and nothing else.
-    pub(crate) fn start_in_context(&self, builder: SpanBuilder, parent: &Context) -> Context {
-        self.starter.start_in_context(builder, parent)
+    /// `now` is the caller's clock reading (the global tracer is re-resolved by it).
+    pub(crate) fn start_in_context(
+        &self,
+        builder: SpanBuilder,
+        parent: &Context,
+        now: Instant,
+    ) -> Context {
+        match &self.tracer {
+            TracerSource::Provider { starter, .. } => starter.start_in_context(builder, parent),
+            TracerSource::Global => crate::global_tracer::with_current(now, |global| {
+                global.tracer.start_in_context(builder, parent)
+            }),
+        }
     }
 
     /// `parent` with the context of a `kind` span the tracer's sampler drops whatever its
     /// name, attributes and links, decided before anything is built; `None` when the span
     /// must be built and started (see `early_sampling`).
-    pub(crate) fn dropped_early(&self, parent: &Context, kind: &SpanKind) -> Option<Context> {
-        self.early.as_ref()?.dropped(parent, kind)
+    pub(crate) fn dropped_early(
+        &self,
+        parent: &Context,
+        kind: &SpanKind,
+        now: Instant,
+    ) -> Option<Context> {
+        match (&self.early, &self.tracer) {
+            (Some(declared), _) => declared.dropped(parent, kind),
+            (None, TracerSource::Provider { .. }) => None,
+            (None, TracerSource::Global) => crate::global_tracer::with_current(now, |global| {
+                global.early.as_ref()?.dropped(parent, kind)
+            }),
+        }
     }
 
     /// The meter mqtrace's instruments live on, for components that add their own (the
@@ -262,26 +315,21 @@ impl InstrumentationBuilder {
         let meter = self
             .meter
             .unwrap_or_else(|| opentelemetry::global::meter_with_scope(scope()));
-        let (tracer, starter, early) = match self.tracer {
-            Some((boxed, starter)) => (Arc::new(boxed), starter, self.early),
-            None => {
-                // The provider mqtrace's `telemetry::init` installed says which sampler its
-                // tracers use; any other says nothing (see `early_sampling`).
-                let (global, early) = crate::early_sampling::tracer_with_sampler(|| {
-                    opentelemetry::global::tracer_with_scope(scope())
-                });
-                let global = Arc::new(global);
-                let starter: Arc<dyn SpanStarter> = global.clone();
-                (global, starter, early.or(self.early))
-            }
+        let tracer = match self.tracer {
+            Some((boxed, starter)) => TracerSource::Provider {
+                tracer: Arc::new(boxed),
+                starter,
+            },
+            // Resolved per thread as spans start, so a provider installed after this still
+            // gets the spans (`global_tracer`).
+            None => TracerSource::Global,
         };
         Instrumentation {
             tracer,
-            starter,
             metrics: Arc::new(MessagingMetrics::new(&meter)),
             meter,
             propagation: self.propagation,
-            early: early.filter(EarlySampler::ever_drops).map(Arc::new),
+            early: self.early.filter(EarlySampler::ever_drops).map(Arc::new),
         }
     }
 }

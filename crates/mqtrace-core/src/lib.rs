@@ -52,6 +52,7 @@ pub mod carrier;
 pub(crate) mod early_sampling;
 mod error;
 pub mod error_type;
+mod global_tracer;
 pub mod instrumentation;
 pub mod metrics;
 pub mod propagation;

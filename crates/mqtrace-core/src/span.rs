@@ -815,11 +815,12 @@ impl MessagingSpanBuilder {
         started: Option<std::time::SystemTime>,
     ) -> MessagingSpan {
         let kind = self.operation_type.span_kind();
-        let mut clock = Instant::now();
+        let now = Instant::now();
+        let mut clock = now;
         if let Some(started) = started {
             clock -= started.elapsed().unwrap_or_default();
         }
-        if let Some(cx) = instrumentation.dropped_early(parent, &kind) {
+        if let Some(cx) = instrumentation.dropped_early(parent, &kind, now) {
             // The sampler drops the span whatever it carries: no name or attribute list is
             // made (the vectors go back to the spares), only the metric attributes its
             // measurements need.
@@ -858,7 +859,7 @@ impl MessagingSpanBuilder {
         // A span the sampler dropped records nothing: its context only carries the span
         // context onward (injection, children), with no boxed span behind it, and with the
         // W3C random flag of the trace it continues (`with_span_keeping_random`).
-        let cx = instrumentation.start_in_context(span_builder, parent);
+        let cx = instrumentation.start_in_context(span_builder, parent, now);
         MessagingSpan {
             cx,
             started: clock,

@@ -1,10 +1,15 @@
-//! Early sampling through the global provider: `telemetry::init` installs a provider whose
-//! sampler `Instrumentation::global()` learns, a provider installed by anyone else tells
-//! nothing, and shutdown ends early decisions.
+//! The global tracer provider, followed: an `Instrumentation::global()` built before any
+//! provider is installed traces once one is; `telemetry::init`'s provider tells its sampler
+//! (early sampling); a provider installed by anyone else is followed too (at once after
+//! `refresh_global_tracer`, else within a second) and tells nothing; shutdown ends early
+//! decisions.
 //!
 //! One test in its own binary: it sets the process-wide tracer provider.
 
+use std::time::Duration;
+
 use mqtrace_core::Instrumentation;
+use mqtrace_core::instrumentation::refresh_global_tracer;
 use mqtrace_core::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
 use mqtrace_core::telemetry::{self, Destination, Sampling, TelemetryConfig};
 use opentelemetry::Context;
@@ -27,8 +32,28 @@ fn remote(flags: u8) -> Context {
     ))
 }
 
+fn recording_provider() -> (SdkTracerProvider, InMemorySpanExporter) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    (provider, exporter)
+}
+
+fn exported(exporter: &InMemorySpanExporter) -> usize {
+    exporter.get_finished_spans().expect("spans").len()
+}
+
 #[test]
-fn the_installed_sampler_decides_early_until_shutdown_and_only_for_its_own_provider() {
+fn the_global_provider_is_followed_and_its_sampler_decides_early_until_shutdown() {
+    // Built before anything is installed: the no-op provider's spans carry nothing.
+    let early_bird = Instrumentation::global();
+    assert!(format!("{early_bird:?}").contains("tracer: \"global\""));
+    let before = send(&early_bird, &Context::new());
+    assert!(!before.span_context().is_valid());
+    before.end();
+
     let dir = std::env::temp_dir().join(format!("mqtrace-early-sampling-{}", std::process::id()));
     let guard = telemetry::init_with(
         TelemetryConfig::default()
@@ -36,48 +61,50 @@ fn the_installed_sampler_decides_early_until_shutdown_and_only_for_its_own_provi
             .with_sampling(Sampling::ParentBasedAlwaysOff),
     )
     .expect("telemetry");
-    let ours = Instrumentation::global();
-    assert!(
-        format!("{ours:?}").contains("sampler_known: true"),
-        "{ours:?}"
-    );
 
-    // A root is dropped early (parent-based, always off for roots) yet carries a context on.
-    let root = send(&ours, &Context::new());
-    let sc = root.span_context();
+    // The instrumentation built before `init` now traces with its provider: a root is
+    // dropped (parent-based, always off for roots) yet carries a context on, a sampled
+    // parent's child records, and a random unsampled parent's child stays random.
+    let root = send(&early_bird, &Context::new());
     assert!(!root.context().span().is_recording());
-    assert!(sc.is_valid());
-    assert_eq!(sc.trace_flags(), TraceFlags::new(0x00));
+    assert!(root.span_context().is_valid());
+    assert_eq!(root.span_context().trace_flags(), TraceFlags::new(0x00));
     root.end();
-    // A sampled parent's child is built and recorded by the SDK; a random one stays random.
-    let kept = send(&ours, &remote(0x01));
+    let kept = send(&early_bird, &remote(0x01));
     assert!(kept.context().span().is_recording());
     kept.end();
-    let random = send(&ours, &remote(0x02));
+    let random = send(&early_bird, &remote(0x02));
     assert_eq!(random.span_context().trace_flags(), TraceFlags::new(0x02));
     random.end();
 
-    // Someone else's provider, installed over ours, says nothing about its sampler: its
-    // spans are built and sampled by the SDK (always on here).
-    let exporter = InMemorySpanExporter::default();
-    let theirs_provider = SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOn)
-        .with_simple_exporter(exporter.clone())
-        .build();
-    opentelemetry::global::set_tracer_provider(theirs_provider.clone());
-    let theirs = Instrumentation::global();
-    assert!(
-        format!("{theirs:?}").contains("sampler_known: false"),
-        "{theirs:?}"
-    );
-    send(&theirs, &Context::new()).end();
-    assert_eq!(exporter.get_finished_spans().expect("spans").len(), 1);
+    // Someone else's provider, installed over it and announced: followed at once, and
+    // built in full by the SDK (always on: roots record).
+    let (theirs, theirs_spans) = recording_provider();
+    opentelemetry::global::set_tracer_provider(theirs.clone());
+    refresh_global_tracer();
+    send(&early_bird, &Context::new()).end();
+    assert_eq!(exported(&theirs_spans), 1);
 
-    // After shutdown the SDK gives spans an empty context, and early decisions stop too.
+    // Installed without a word: followed within a second.
+    let (third, third_spans) = recording_provider();
+    opentelemetry::global::set_tracer_provider(third.clone());
+    std::thread::sleep(Duration::from_millis(1_100));
+    send(&early_bird, &Context::new()).end();
+    assert_eq!(exported(&third_spans), 1);
+    assert_eq!(exported(&theirs_spans), 1);
+
+    // mqtrace's guard, shut down: an instrumentation built from it stops deciding early
+    // (the SDK then gives every span an empty context).
+    let from_guard = guard.instrumentation();
+    let dropped = send(&from_guard, &Context::new());
+    assert!(dropped.span_context().is_valid());
+    dropped.end();
     let _ = guard.shutdown();
-    let after = send(&ours, &Context::new());
+    let after = send(&from_guard, &Context::new());
     assert!(!after.span_context().is_valid());
     after.end();
-    let _ = theirs_provider.shutdown();
+
+    let _ = theirs.shutdown();
+    let _ = third.shutdown();
     let _ = std::fs::remove_dir_all(dir);
 }

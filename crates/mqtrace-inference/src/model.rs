@@ -273,7 +273,7 @@ impl<M: Model> InstrumentedModel<M> {
                 KeyValue::new(ML_DEVICE_TYPE, device.kind.as_str()),
                 KeyValue::new(ML_DEVICE_NAME, device.name.clone()),
             ])
-            .start_with_context(tracer, parent);
+            .start_with_context(&*tracer, parent);
         let cx = parent.with_span(span);
         let mut phases = Phases::new();
         let started = Instant::now();
@@ -295,7 +295,7 @@ impl<M: Model> InstrumentedModel<M> {
                 .with_kind(SpanKind::Internal)
                 .with_start_time(start)
                 .with_attributes(attributes)
-                .start_with_context(tracer, &cx)
+                .start_with_context(&*tracer, &cx)
                 .end_with_timestamp(start + phase.duration);
         }
 

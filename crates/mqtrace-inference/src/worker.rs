@@ -547,7 +547,7 @@ where
             .span_builder(name)
             .with_kind(SpanKind::Internal)
             .with_attributes(attributes)
-            .start_with_context(tracer, parent);
+            .start_with_context(&*tracer, parent);
         parent.with_span(span)
     }
 

@@ -328,6 +328,8 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
                 Arc::clone(&guard.sampling_alive),
             ),
         );
+        // Instrumentation built before this picks the new provider up at its next span.
+        crate::global_tracer::refresh();
     }
     if let Some(provider) = guard.meter_provider() {
         opentelemetry::global::set_meter_provider(provider.clone());
