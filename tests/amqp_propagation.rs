@@ -99,6 +99,9 @@ async fn process_span_is_child_of_confirmed_send_span() {
     spans.assert_attr(process, "messaging.rabbitmq.message.redelivered", false);
     spans.assert_attr(ack, "messaging.operation.type", "settle");
     spans.assert_attr(ack, "messaging.operation.name", "ack");
+    // Acked after the handler, outside any span: in the message's trace, not a stray root.
+    spans.assert_child_of(ack, send);
+    spans.assert_links_to(ack, send);
 
     let metrics = h.capture.metrics();
     metrics.assert_unit("messaging.client.sent.messages", "{message}");

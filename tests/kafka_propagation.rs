@@ -474,6 +474,62 @@ async fn commit_is_a_settle_span() {
     spans.assert_kind(commit, SpanKind::Client);
     spans.assert_attr(commit, "messaging.operation.type", "settle");
     spans.assert_attr(commit, "messaging.operation.name", "commit");
+    // No producer context and no current span: a root, as there is no trace to join.
+    spans.assert_root(commit);
+}
+
+/// A commit inside the handler is a child of the process span; one after it, outside any
+/// span, joins the message's trace as a child of its send span (never a one-span trace);
+/// both link to the message.
+#[tokio::test]
+async fn commits_join_the_message_trace_inside_and_after_the_handler() {
+    use mqtrace::kafka::rdkafka::consumer::CommitMode;
+    let h = Harness::new("commit-joins").await;
+    let producer = h.producer();
+    h.send_root(&producer).await;
+    h.send_root(&producer).await;
+    let consumer = h.consumer();
+    let inside = recv(&consumer).await;
+    consumer
+        .process(&inside, async {
+            consumer
+                .commit_message(&inside, CommitMode::Sync)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await
+        .expect("handled and committed");
+    let after = recv(&consumer).await;
+    process_ok(&consumer, &after).await;
+    consumer
+        .commit_message(&after, CommitMode::Sync)
+        .expect("committed");
+
+    let spans = h.capture.spans();
+    let sends = spans.named(&format!("send {}", h.topic));
+    let processes = spans.named(&format!("process {}", h.topic));
+    let commits = spans.named(&format!("commit {}", h.topic));
+    assert_eq!((sends.len(), processes.len(), commits.len()), (2, 2, 2));
+    let send_of = |span: &opentelemetry_sdk::trace::SpanData| {
+        *sends
+            .iter()
+            .find(|s| s.span_context.trace_id() == span.span_context.trace_id())
+            .expect("the message's send span")
+    };
+    let in_handler = commits
+        .iter()
+        .find(|c| {
+            processes
+                .iter()
+                .any(|p| p.span_context.span_id() == c.parent_span_id)
+        })
+        .expect("the commit made inside the handler is a child of its process span");
+    spans.assert_links_to(in_handler, send_of(in_handler));
+    let after_handler = commits
+        .iter()
+        .find(|c| c.span_context.span_id() != in_handler.span_context.span_id())
+        .expect("the other commit");
+    spans.assert_child_of(after_handler, send_of(after_handler));
+    spans.assert_links_to(after_handler, send_of(after_handler));
 }
 
 #[tokio::test]

@@ -26,13 +26,16 @@ pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
 
 /// A delivery with the producer's context extracted from its headers. Settle it with
 /// [`TracedDelivery::ack`], [`TracedDelivery::nack`] or [`TracedDelivery::reject`], each a
-/// CLIENT `settle` span.
+/// CLIENT `settle` span linked to the message: a child of the current span (the process
+/// span, inside the handler), else of the message's producer context
+/// ([`ParentMode::settle_parent`]).
 pub struct TracedDelivery {
     delivery: Delivery,
     extracted: Extracted,
     destination: String,
     instrumentation: Instrumentation,
     server: Option<(String, i64)>,
+    parent_mode: ParentMode,
 }
 
 impl fmt::Debug for TracedDelivery {
@@ -128,7 +131,8 @@ impl TracedDelivery {
         if let Some(link) = self.link() {
             builder = builder.with_link(link);
         }
-        let span = builder.start(&self.instrumentation, &Context::current());
+        let parent = self.parent_mode.settle_parent(&self.extracted);
+        let span = builder.start(&self.instrumentation, &parent);
         match settle.await {
             Ok(_) => {
                 span.end();
@@ -302,6 +306,7 @@ impl TracedConsumer {
             destination,
             instrumentation: self.instrumentation.clone(),
             server: self.server.clone(),
+            parent_mode: self.parent_mode,
         }))
     }
 

@@ -128,6 +128,39 @@ impl ParentMode {
     }
 }
 
+impl ParentMode {
+    /// The parent of a settle span (commit, ack, nack, reject) for the message `extracted`
+    /// came from: the current span when there is one (the process span, when the message is
+    /// settled inside its handler); else, with [`ParentMode::Parent`], the producer's
+    /// context, so that a message settled after its handler joins its own trace instead of
+    /// starting a one-span trace. With [`ParentMode::Link`] (new traces per message, by
+    /// choice) or without a producer context, the current context: a root that links to the
+    /// message.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_core::carrier::NoHeaders;
+    /// use mqtrace_core::propagation::Propagation;
+    /// use mqtrace_core::span::ParentMode;
+    /// use opentelemetry::trace::TraceContextExt;
+    ///
+    /// let extracted = Propagation::global().extract(&NoHeaders);
+    /// let parent = ParentMode::Parent.settle_parent(&extracted);
+    /// assert!(!parent.span().span_context().is_valid()); // no producer, no current span
+    /// ```
+    pub fn settle_parent(&self, extracted: &Extracted) -> Context {
+        let current = Context::current();
+        let inside_a_span = current.span().span_context().is_valid();
+        match self {
+            ParentMode::Parent if !inside_a_span && extracted.remote_span_context().is_some() => {
+                extracted.context.clone()
+            }
+            _ => current,
+        }
+    }
+}
+
 /// The caller's current context, carrying the message's baggage.
 fn current_with_message_baggage(message: &Context) -> Context {
     let baggage = message.baggage();

@@ -378,7 +378,10 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         self.process_span(message).run(handler).await
     }
 
-    /// Commits `message`'s offset, traced as a CLIENT `commit {topic}` settle span.
+    /// Commits `message`'s offset, traced as a CLIENT `commit {topic}` settle span linked
+    /// to the message: a child of the current span (the process span, inside the handler),
+    /// else of the message's producer context ([`ParentMode::settle_parent`]), so a commit
+    /// never starts a trace of its own when the message has one.
     pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> Result<()> {
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Settle, "commit")
             .with_destination(destination_name(message.topic()))
@@ -391,7 +394,8 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         if let Some(link) = message.link() {
             builder = builder.with_link(link);
         }
-        let span = builder.start(&self.instrumentation, &Context::current());
+        let parent = self.parent_mode.settle_parent(&message.extracted);
+        let span = builder.start(&self.instrumentation, &parent);
         match self.inner.commit_message(&message.message, mode) {
             Ok(()) => {
                 span.end();
