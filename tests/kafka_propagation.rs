@@ -760,3 +760,47 @@ async fn random_flag_survives_unsampled_and_sampled_hops() {
         &[format!("process {}", h.topic), format!("send {out_topic}")],
     );
 }
+
+/// Wrapping clients the application already built (`new`) records what `from_config`
+/// records: the broker address from `bootstrap.servers` and the consumer group.
+#[tokio::test]
+async fn wrapped_existing_clients_keep_server_and_group_from_their_config() {
+    use mqtrace::kafka::rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use mqtrace::kafka::rdkafka::producer::FutureProducer;
+    use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
+    use mqtrace::kafka::{TracedConsumer, TracedProducer};
+
+    let h = Harness::new("wrapped").await;
+    let raw_producer: FutureProducer = h.kafka.producer_config().create().expect("producer");
+    let producer =
+        TracedProducer::new(raw_producer).with_instrumentation(h.capture.instrumentation());
+    let group = mqtrace_testkit::kafka::unique_name("wrapped-group");
+    let raw_consumer: StreamConsumer = h.kafka.consumer_config(&group).create().expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&h.topic, 0, Offset::Beginning)
+        .expect("partition");
+    raw_consumer.assign(&assignment).expect("assign");
+    let consumer =
+        TracedConsumer::new(raw_consumer).with_instrumentation(h.capture.instrumentation());
+
+    h.send_root(&producer).await;
+    let message = recv(&consumer).await;
+    process_ok(&consumer, &message).await;
+
+    let bootstrap = h
+        .kafka
+        .producer_config()
+        .get("bootstrap.servers")
+        .expect("bootstrap.servers")
+        .to_owned();
+    let (address, port) = mqtrace::core::span::parse_server(&bootstrap).expect("host:port");
+    let spans = h.capture.spans();
+    let send = spans.one(&format!("send {}", h.topic));
+    let process = spans.one(&format!("process {}", h.topic));
+    for span in [send, process] {
+        spans.assert_attr(span, "server.address", address.clone());
+        spans.assert_attr(span, "server.port", port);
+    }
+    spans.assert_attr(process, "messaging.consumer.group.name", group);
+}

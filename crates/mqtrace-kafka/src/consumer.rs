@@ -19,6 +19,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::SYSTEM;
+use crate::client_config::config_value;
 use crate::error::{Error, Result, error_type};
 use crate::headers::HeaderSnapshot;
 
@@ -158,28 +159,34 @@ impl TracedConsumer<DefaultConsumerContext> {
             client: "consumer",
             source,
         })?;
-        let mut consumer = Self::new(inner);
-        consumer.group = config.get("group.id").map(crate::shared);
-        consumer.client_id = config.get("client.id").map(crate::shared);
-        consumer.server = config
-            .get("bootstrap.servers")
-            .and_then(parse_server)
-            .map(|(address, port)| (crate::shared(&address), port));
-        Ok(consumer)
+        Ok(Self::new(inner))
     }
 }
 
 impl<C: ConsumerContext + 'static> TracedConsumer<C> {
-    /// Wraps an existing consumer, with the global telemetry providers.
+    /// Wraps an existing consumer, with the global telemetry providers. The consumer group,
+    /// `messaging.client.id` and `server.address`/`server.port` are read from the client's
+    /// own configuration (`group.id`, `client.id` unless left at librdkafka's default
+    /// `rdkafka`, and the first of `bootstrap.servers`), as [`TracedConsumer::from_config`]
+    /// does; the `with_*` methods override them.
     pub fn new(inner: StreamConsumer<C>) -> Self {
+        let client = inner.client();
+        let group = config_value(client, "group.id").map(|group| crate::shared(&group));
+        let client_id = config_value(client, "client.id")
+            .filter(|id| id != "rdkafka")
+            .map(|id| crate::shared(&id));
+        let server = config_value(client, "bootstrap.servers")
+            .as_deref()
+            .and_then(parse_server)
+            .map(|(address, port)| (crate::shared(&address), port));
         Self {
             inner,
             instrumentation: Instrumentation::global(),
             parent_mode: ParentMode::default(),
             key_capture: KeyCapture::Off,
-            group: None,
-            client_id: None,
-            server: None,
+            group,
+            client_id,
+            server,
         }
     }
 

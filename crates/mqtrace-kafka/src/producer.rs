@@ -8,12 +8,13 @@ use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::ClientConfig;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 pub use rdkafka::producer::future_producer::Delivery;
 
 use crate::SYSTEM;
+use crate::client_config::config_value;
 use crate::error::{Error, Result, error_type};
 use crate::headers::merge_injected;
 
@@ -99,20 +100,24 @@ impl TracedProducer<DefaultClientContext> {
             client: "producer",
             source,
         })?;
-        let server = config.get("bootstrap.servers").and_then(parse_server);
-        Ok(Self::new(inner)
-            .with_server_option(server.map(|(address, port)| (crate::shared(&address), port))))
+        Ok(Self::new(inner))
     }
 }
 
 impl<C: ClientContext + 'static> TracedProducer<C> {
-    /// Wraps an existing producer, with the global telemetry providers.
+    /// Wraps an existing producer, with the global telemetry providers;
+    /// `server.address`/`server.port` are read from the client's own `bootstrap.servers`
+    /// (its first broker), as [`TracedProducer::from_config`] does.
     pub fn new(inner: FutureProducer<C>) -> Self {
+        let server = config_value(inner.client(), "bootstrap.servers")
+            .as_deref()
+            .and_then(parse_server)
+            .map(|(address, port)| (crate::shared(&address), port));
         Self {
             inner,
             instrumentation: Instrumentation::global(),
             key_capture: KeyCapture::Off,
-            server: None,
+            server,
         }
     }
 
