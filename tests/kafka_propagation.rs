@@ -804,3 +804,43 @@ async fn wrapped_existing_clients_keep_server_and_group_from_their_config() {
     }
     spans.assert_attr(process, "messaging.consumer.group.name", group);
 }
+
+/// `stream()` yields the messages with their contexts, as `recv()` does, and counts them.
+#[tokio::test]
+async fn the_message_stream_yields_traced_messages_and_counts_them() {
+    use futures::StreamExt as _;
+    let h = Harness::new("stream").await;
+    let producer = h.producer();
+    for _ in 0..3 {
+        h.send_root(&producer).await;
+    }
+    let consumer = h.consumer();
+    let mut messages = consumer.stream();
+    for _ in 0..3 {
+        let message = tokio::time::timeout(TIMEOUT, messages.next())
+            .await
+            .expect("a message within the timeout")
+            .expect("the stream does not end")
+            .expect("received");
+        assert_eq!(message.extracted().outcome, ExtractOutcome::Found);
+        process_ok(&consumer, &message).await;
+    }
+    drop(messages);
+    let spans = h.capture.spans();
+    let sends = spans.named(&format!("send {}", h.topic));
+    let processes = spans.named(&format!("process {}", h.topic));
+    assert_eq!(processes.len(), 3);
+    for process in processes {
+        let send = sends
+            .iter()
+            .find(|s| s.span_context.trace_id() == process.span_context.trace_id())
+            .expect("its send span");
+        spans.assert_child_of(process, send);
+    }
+    assert_eq!(
+        h.capture
+            .metrics()
+            .total("messaging.client.consumed.messages"),
+        3.0
+    );
+}

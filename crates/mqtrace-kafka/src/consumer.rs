@@ -246,7 +246,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             })
     }
 
-    fn traced<'m>(&self, message: BorrowedMessage<'m>) -> TracedMessage<'m> {
+    pub(crate) fn traced<'m>(&self, message: BorrowedMessage<'m>) -> TracedMessage<'m> {
         let extracted = match message.headers() {
             Some(headers) => self
                 .instrumentation
@@ -259,7 +259,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         TracedMessage { message, extracted }
     }
 
-    fn record_consumed(&self, topic: &str, count: u64) {
+    pub(crate) fn record_consumed(&self, topic: &str, count: u64) {
         // Runs per message: the topic and the attribute list are shared.
         self.instrumentation.metrics().record_consumed_messages(
             SYSTEM,
@@ -268,6 +268,13 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             self.group.clone(),
             count,
         );
+    }
+
+    /// The messages as a `futures::Stream` of [`TracedMessage`]s (cancel-safe), as
+    /// rdkafka's `StreamConsumer::stream` gives plain messages; see
+    /// [`TracedMessageStream`](crate::stream::TracedMessageStream).
+    pub fn stream(&self) -> crate::stream::TracedMessageStream<'_, C> {
+        crate::stream::TracedMessageStream::new(self)
     }
 
     /// Waits for the next message. Cancel-safe: dropping the future loses no message.

@@ -45,11 +45,13 @@ pub mod consumer;
 mod error;
 pub mod headers;
 pub mod producer;
+pub mod stream;
 
 pub use batch::OwnedTracedMessage;
 pub use consumer::{TracedConsumer, TracedMessage};
 pub use error::{Error, Result, error_type};
 pub use producer::{Delivery, TracedProducer};
+pub use stream::TracedMessageStream;
 
 /// `messaging.system` for Kafka.
 pub const SYSTEM: &str = "kafka";
