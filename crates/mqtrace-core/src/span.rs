@@ -610,14 +610,6 @@ impl MessagingSpanBuilder {
         attributes
     }
 
-    /// `{operation} {destination}`, or the bare operation name without a destination.
-    pub fn span_name(&self) -> String {
-        match &self.destination {
-            Some(destination) => format!("{} {}", self.operation_name, destination.as_str()),
-            None => self.operation_name.to_owned(),
-        }
-    }
-
     /// The metric attributes, taking the destination, group and server out of the builder:
     /// the same list for every message of a client, so it is shared
     /// ([`shared_metric_attributes`]) rather than made per span.
@@ -1013,11 +1005,6 @@ impl MessagingSpan {
     /// delivery report).
     pub fn set_attribute(&self, attribute: KeyValue) {
         self.cx.span().set_attribute(attribute);
-    }
-
-    /// Adds a link known only after the span started.
-    pub fn add_link(&self, span_context: SpanContext, attributes: Vec<KeyValue>) {
-        self.cx.span().add_link(span_context, attributes);
     }
 
     /// How many messages the operation covered (default 1); counted into
