@@ -512,7 +512,9 @@ impl AmqpFloor {
                     vec![KeyValue::new(AMQP_DELIVERY_TAG, tag)],
                     0,
                 )]),
-            &Context::current(),
+            // Acked after the handler, outside any span: a child of the producer's context,
+            // as mqtrace's settle spans are (`ParentMode::settle_parent`).
+            &self.remote,
         );
         drop(ack);
         self.ack_duration.record(started.elapsed().as_secs_f64());
