@@ -614,10 +614,7 @@ async fn broken_context(kafka: &KafkaFixture) {
 fn record_instruments_the_scenario_does_not_reach() {
     let meter = opentelemetry::global::meter_with_scope(mqtrace::core::instrumentation::scope());
     let metrics = WorkerMetrics::new(&meter);
-    let device = DeviceInfo {
-        kind: DeviceKind::Cuda,
-        name: "e2e-sample".into(),
-    };
+    let device = DeviceInfo::new(DeviceKind::Cuda, "e2e-sample").with_id("gpu0");
     metrics.record_device_memory(&device, 1 << 20, 1 << 30);
 }
 

@@ -40,10 +40,7 @@ impl CpuModel {
             name: name.into(),
             version: version.into(),
             mlp,
-            device: DeviceInfo {
-                kind: DeviceKind::Cpu,
-                name: cpu_name(),
-            },
+            device: DeviceInfo::new(DeviceKind::Cpu, cpu_name()),
         }
     }
 

@@ -44,9 +44,16 @@ extern "C" __global__ void bias_activation(float* y, const float* bias, int rows
 pub enum CudaUnavailable {
     /// A CUDA library could not be loaded.
     #[error(
-        "the CUDA {0} library is not installed or not on the library path (use --device cpu, or install the NVIDIA driver / CUDA runtime libraries)"
+        "the CUDA {library} library could not be loaded: looked for {} on LD_LIBRARY_PATH ({}) and the system library path. Install the NVIDIA driver and the CUDA 12 or 13 libraries (cuBLAS, NVRTC), add their directory to LD_LIBRARY_PATH, or use --device cpu",
+        .looked_for.join(", "),
+        library_path()
     )]
-    Library(&'static str),
+    Library {
+        /// Which library: `driver (libcuda)`, `cuBLAS (libcublas)` or `NVRTC (libnvrtc)`.
+        library: &'static str,
+        /// The file names tried, in order (CUDA 13's first, then 12's and older).
+        looked_for: Vec<String>,
+    },
     /// The driver is there but the device could not be set up.
     #[error("CUDA device {ordinal} could not be initialised: {message}")]
     Device {
@@ -55,6 +62,14 @@ pub enum CudaUnavailable {
         /// The driver's error.
         message: String,
     },
+}
+
+/// `LD_LIBRARY_PATH` as the error shows it.
+fn library_path() -> String {
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(path) if !path.is_empty() => path,
+        _ => "unset".to_owned(),
+    }
 }
 
 struct DeviceLayer {
@@ -95,18 +110,35 @@ fn device_error(ordinal: usize) -> impl Fn(&dyn std::fmt::Debug) -> CudaUnavaila
     }
 }
 
-/// Whether the CUDA driver, cuBLAS and NVRTC libraries can be loaded.
+/// Whether the CUDA driver, cuBLAS and NVRTC libraries can be loaded; the error names the
+/// first that cannot and the file names looked for.
+///
+/// The libraries are found at run time (cudarc's `dynamic-loading`, built for CUDA 13): for
+/// each, `lib{name}.so`, then the versioned names of CUDA 13, 12, 11 and older, so a machine
+/// with either CUDA 12 or CUDA 13 libraries loads them.
 pub fn libraries_present() -> Result<(), CudaUnavailable> {
+    let missing = |library: &'static str, name: &str| {
+        let mut looked_for: Vec<String> = Vec::new();
+        for candidate in cudarc::get_lib_name_candidates(name) {
+            if !looked_for.contains(&candidate) {
+                looked_for.push(candidate);
+            }
+        }
+        CudaUnavailable::Library {
+            library,
+            looked_for,
+        }
+    };
     // SAFETY: these only try to dlopen the libraries; nothing is called through them.
     unsafe {
         if !cudarc::driver::sys::is_culib_present() {
-            return Err(CudaUnavailable::Library("driver (libcuda)"));
+            return Err(missing("driver (libcuda)", "cuda"));
         }
         if !cudarc::cublas::sys::is_culib_present() {
-            return Err(CudaUnavailable::Library("cuBLAS (libcublas)"));
+            return Err(missing("cuBLAS (libcublas)", "cublas"));
         }
         if !cudarc::nvrtc::sys::is_culib_present() {
-            return Err(CudaUnavailable::Library("NVRTC (libnvrtc)"));
+            return Err(missing("NVRTC (libnvrtc)", "nvrtc"));
         }
     }
     Ok(())
@@ -124,6 +156,9 @@ impl CudaModel {
         let fail = device_error(ordinal);
         let context = CudaContext::new(ordinal).map_err(|e| fail(&e))?;
         let device_name = context.name().map_err(|e| fail(&e))?;
+        let device_id = context
+            .uuid()
+            .map_or_else(|_| format!("gpu{ordinal}"), |uuid| gpu_uuid(&uuid.bytes));
         let stream = context.new_stream().map_err(|e| fail(&e))?;
         let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| fail(&e))?;
         let ptx = cudarc::nvrtc::compile_ptx(KERNEL_SOURCE).map_err(|e| fail(&e))?;
@@ -148,10 +183,7 @@ impl CudaModel {
             name: name.into(),
             version: version.into(),
             input_width: mlp.input_width(),
-            device: DeviceInfo {
-                kind: DeviceKind::Cuda,
-                name: device_name,
-            },
+            device: DeviceInfo::new(DeviceKind::Cuda, device_name).with_id(device_id),
             context,
             stream,
             blas,
@@ -171,9 +203,11 @@ impl CudaModel {
         let last = self.layers.len() - 1;
         let mut activations = x;
         for (index, layer) in self.layers.iter().enumerate() {
+            // The kernel indexes `rows × cols` in 32-bit ints: checked as a product.
+            let elements = elements(rows, layer.outputs)?;
             let mut out = self
                 .stream
-                .alloc_zeros::<f32>(rows * layer.outputs)
+                .alloc_zeros::<f32>(elements)
                 .map_err(|e| gpu_error("gpu.compute", &e))?;
             // Row-major Y = X · W is column-major Yᵀ = Wᵀ · Xᵀ: cuBLAS sees W as an
             // `outputs × inputs` matrix and X as `inputs × rows`, both without transposes.
@@ -195,7 +229,6 @@ impl CudaModel {
                     .gemm(config, &layer.weights, &activations, &mut out)
             }
             .map_err(|e| gpu_error("gpu.compute", &e))?;
-            let elements = rows * layer.outputs;
             let (rows_i, cols_i, sigmoid) = (
                 to_int(rows)?,
                 to_int(layer.outputs)?,
@@ -210,7 +243,8 @@ impl CudaModel {
                 .arg(&sigmoid);
             // SAFETY: the kernel's signature matches the arguments; it touches only indices
             // below rows × cols, which is `out`'s length.
-            unsafe { launch.launch(LaunchConfig::for_num_elems(elements as u32)) }
+            let launch_elements = u32::try_from(elements).map_err(|_| too_large(elements))?;
+            unsafe { launch.launch(LaunchConfig::for_num_elems(launch_elements)) }
                 .map_err(|e| gpu_error("gpu.compute", &e))?;
             activations = out;
         }
@@ -218,12 +252,37 @@ impl CudaModel {
     }
 }
 
+/// A GPU's UUID as `nvidia-smi -L` prints it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+fn gpu_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
+    let mut id = String::from("GPU-");
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push_str(&format!("{:02x}", *byte as u8));
+    }
+    id
+}
+
 fn to_int(n: usize) -> Result<i32, ModelError> {
-    i32::try_from(n).map_err(|_| ModelError::Device {
+    i32::try_from(n).map_err(|_| too_large(n))
+}
+
+fn too_large(n: usize) -> ModelError {
+    ModelError::Device {
         device: "cuda",
         phase: "gpu.compute",
-        message: format!("dimension {n} exceeds cuBLAS's 32-bit sizes"),
-    })
+        message: format!("size {n} exceeds cuBLAS's and the kernel's 32-bit sizes"),
+    }
+}
+
+/// `rows × cols`, checked: it must fit the kernel's and cuBLAS's 32-bit sizes.
+fn elements(rows: usize, cols: usize) -> Result<usize, ModelError> {
+    let product = rows
+        .checked_mul(cols)
+        .ok_or_else(|| too_large(usize::MAX))?;
+    to_int(product)?;
+    Ok(product)
 }
 
 fn gpu_error(phase: &'static str, error: &dyn std::fmt::Debug) -> ModelError {
@@ -262,6 +321,10 @@ impl Model for CudaModel {
         phases: &mut Phases,
     ) -> Result<Vec<f32>, ModelError> {
         ModelError::check_shape(inputs, rows, self.input_width)?;
+        if rows == 0 {
+            // Nothing to score, as on the CPU: no launch with an empty grid.
+            return Ok(Vec::new());
+        }
         let events = [
             self.timing_event()?,
             self.timing_event()?,
@@ -341,28 +404,140 @@ impl Model for CudaModel {
 mod tests {
     use super::*;
 
-    /// Runs everywhere: without a driver the error says what to do; with one, the GPU scores
-    /// match the CPU reference.
-    #[test]
-    fn gpu_scores_match_the_cpu_or_the_error_is_clear() {
-        let mlp = Mlp::seeded(32, &[64, 64], 3);
-        match CudaModel::new("fraud-mlp", "test", &mlp, 0) {
-            Err(CudaUnavailable::Library(library)) => {
-                let message = CudaUnavailable::Library(library).to_string();
-                assert!(message.contains("--device cpu"), "{message}");
+    /// The GPU model on device 0, or `None` (the test is skipped) when this machine has no
+    /// usable GPU; with `MQTRACE_REQUIRE_GPU=1` a missing GPU fails the test instead, with
+    /// the reason (what was looked for, or what the device said).
+    fn gpu_model(mlp: &Mlp) -> Option<CudaModel> {
+        match CudaModel::new("fraud-mlp", "test", mlp, 0) {
+            Ok(model) => Some(model),
+            Err(error) if std::env::var("MQTRACE_REQUIRE_GPU").as_deref() == Ok("1") => {
+                panic!("MQTRACE_REQUIRE_GPU=1 but the CUDA backend is unavailable: {error}")
             }
-            Err(other) => panic!("a driver is present but the device failed: {other}"),
-            Ok(mut model) => {
-                let inputs: Vec<f32> = (0..8 * 32).map(|i| (i % 17) as f32 / 17.0).collect();
-                let mut phases = Phases::new();
-                let gpu = model.score(&inputs, 8, &mut phases).expect("gpu scores");
-                let cpu = mlp.forward(&inputs, 8);
-                for (g, c) in gpu.iter().zip(&cpu) {
-                    assert!((g - c).abs() < 1e-4, "gpu {g} cpu {c}");
-                }
-                let names: Vec<_> = phases.phases().iter().map(|p| p.name).collect();
-                assert_eq!(names, ["gpu.h2d", "gpu.compute", "gpu.d2h"]);
+            Err(error) => {
+                eprintln!(
+                    "skipped (no usable GPU; MQTRACE_REQUIRE_GPU=1 makes this fail): {error}"
+                );
+                None
             }
         }
+    }
+
+    fn inputs(rows: usize, width: usize) -> Vec<f32> {
+        (0..rows * width).map(|i| (i % 17) as f32 / 17.0).collect()
+    }
+
+    #[test]
+    fn a_missing_library_says_what_was_looked_for_and_what_to_do() {
+        let error = CudaUnavailable::Library {
+            library: "cuBLAS (libcublas)",
+            looked_for: cudarc::get_lib_name_candidates("cublas"),
+        };
+        let message = error.to_string();
+        for expected in [
+            "libcublas.so.13",
+            "libcublas.so.12",
+            "LD_LIBRARY_PATH",
+            "--device cpu",
+        ] {
+            assert!(message.contains(expected), "{expected} in {message}");
+        }
+        // On this machine, whatever it has: either everything loads or the error names
+        // the library that does not.
+        if let Err(CudaUnavailable::Library {
+            library,
+            looked_for,
+        }) = libraries_present()
+        {
+            assert!(!looked_for.is_empty(), "{library}");
+        }
+    }
+
+    #[test]
+    fn gpu_ids_read_like_nvidia_smi() {
+        let bytes: [std::ffi::c_char; 16] =
+            std::array::from_fn(|i| (i as u8 * 17) as std::ffi::c_char);
+        assert_eq!(gpu_uuid(&bytes), "GPU-00112233-4455-6677-8899-aabbccddeeff");
+    }
+
+    #[test]
+    fn sizes_are_checked_as_products() {
+        assert_eq!(elements(1_024, 256).expect("fits"), 262_144);
+        assert!(
+            elements(65_536, 65_536).is_err(),
+            "2^32 elements overflow the kernel's int"
+        );
+        assert!(elements(usize::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn gpu_scores_match_the_cpu_on_batches_of_every_size() {
+        let mlp = Mlp::seeded(32, &[64, 64], 3);
+        let Some(mut model) = gpu_model(&mlp) else {
+            return;
+        };
+        assert!(
+            model
+                .score(&[], 0, &mut Phases::new())
+                .expect("no rows")
+                .is_empty(),
+            "zero rows give an empty result, as on the CPU"
+        );
+        for rows in [1, 7, 256, 1_024, 1_025] {
+            let inputs = inputs(rows, 32);
+            let mut phases = Phases::new();
+            let gpu = model.score(&inputs, rows, &mut phases).expect("gpu scores");
+            let cpu = mlp.forward(&inputs, rows);
+            assert_eq!(gpu.len(), cpu.len(), "{rows} rows");
+            for (g, c) in gpu.iter().zip(&cpu) {
+                assert!((g - c).abs() <= 1e-5, "{rows} rows: gpu {g} cpu {c}");
+            }
+            let recorded = phases.phases();
+            let names: Vec<_> = recorded.iter().map(|p| p.name).collect();
+            assert_eq!(names, ["gpu.h2d", "gpu.compute", "gpu.d2h"], "{rows} rows");
+            for pair in recorded.windows(2) {
+                assert_eq!(
+                    pair[0].offset + pair[0].duration,
+                    pair[1].offset,
+                    "back to back: {} then {}",
+                    pair[0].name,
+                    pair[1].name
+                );
+            }
+            assert!(recorded.iter().all(|p| p.device_timed));
+            let bytes = |phase: &Phase| {
+                phase
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == TRANSFER_BYTES)
+                    .map(|kv| kv.value.clone())
+            };
+            assert_eq!(bytes(&recorded[0]), Some(((rows * 32 * 4) as i64).into()));
+            assert_eq!(bytes(&recorded[2]), Some(((gpu.len() * 4) as i64).into()));
+        }
+    }
+
+    #[test]
+    fn gpu_memory_stays_flat_over_many_batches() {
+        let mlp = Mlp::seeded(32, &[64, 64], 3);
+        let Some(mut model) = gpu_model(&mlp) else {
+            return;
+        };
+        let inputs = inputs(256, 32);
+        model
+            .score(&inputs, 256, &mut Phases::new())
+            .expect("warm-up batch");
+        let (before, _) = model.memory().expect("device memory");
+        for _ in 0..2_000 {
+            model
+                .score(&inputs, 256, &mut Phases::new())
+                .expect("batch");
+        }
+        let (after, _) = model.memory().expect("device memory");
+        // Device-wide figure: other processes move it too; a leak of one batch's buffers
+        // (about 130 KiB here) per batch would show as hundreds of MiB.
+        assert!(
+            after.abs_diff(before) < 64 << 20,
+            "device memory in use went from {before} to {after} bytes over 2,000 batches"
+        );
     }
 }

@@ -12,8 +12,8 @@
 //! | `mqtrace.inference.decisions` | counter | `{request}` | `ml.decision` |
 //! | `mqtrace.inference.feature.missing` | counter | `{value}` | `ml.feature.name` |
 //! | `mqtrace.inference.schema.mismatch` | counter | `{value}` | `ml.feature.name` |
-//! | `hw.gpu.memory.usage` | gauge | `By` | `hw.id`, `ml.device.name` |
-//! | `hw.gpu.memory.limit` | gauge | `By` | `hw.id`, `ml.device.name` |
+//! | `hw.gpu.memory.usage` | gauge | `By` | `hw.id` (the GPU's UUID), `hw.type` = `gpu`, `ml.device.name` |
+//! | `hw.gpu.memory.limit` | gauge | `By` | `hw.id` (the GPU's UUID), `hw.type` = `gpu`, `ml.device.name` |
 //!
 //! Feature names come from the request schema's fixed set, so the data-quality counters stay
 //! low-cardinality. On the dead-letter fallback counters, `error.type` says why the letter
@@ -215,7 +215,11 @@ impl WorkerMetrics {
     /// Device memory of a GPU.
     pub fn record_device_memory(&self, device: &DeviceInfo, used: u64, total: u64) {
         let attributes = [
-            KeyValue::new("hw.id", "gpu0"),
+            KeyValue::new(
+                "hw.id",
+                device.id.clone().unwrap_or_else(|| "gpu0".to_owned()),
+            ),
+            KeyValue::new("hw.type", "gpu"),
             KeyValue::new(ML_DEVICE_NAME, device.name.clone()),
         ];
         self.gpu_memory_usage.record(used, &attributes);

@@ -48,12 +48,42 @@ impl DeviceKind {
 }
 
 /// The device a model runs on.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_inference::model::{DeviceInfo, DeviceKind};
+///
+/// let gpu = DeviceInfo::new(DeviceKind::Cuda, "NVIDIA H200").with_id("GPU-5a1c…");
+/// assert_eq!(gpu.id.as_deref(), Some("GPU-5a1c…"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeviceInfo {
     /// CPU or CUDA.
     pub kind: DeviceKind,
     /// A human-readable device name.
     pub name: String,
+    /// A stable identifier of the device (`hw.id` on its metrics): a GPU's UUID as
+    /// `nvidia-smi -L` prints it (`GPU-…`), or `gpu{ordinal}` when the driver gives none.
+    pub id: Option<String>,
+}
+
+impl DeviceInfo {
+    /// A `kind` device called `name`, with no identifier.
+    pub fn new(kind: DeviceKind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            id: None,
+        }
+    }
+
+    /// With identifier `id` (`hw.id`).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
 }
 
 /// One phase of a model execution, as the backend measured it.
