@@ -844,3 +844,47 @@ async fn the_message_stream_yields_traced_messages_and_counts_them() {
         3.0
     );
 }
+
+/// A message detached from the consumer (to hand to a task) is processed and committed like
+/// a borrowed one: process span child of the send span, commit span in the same trace.
+#[tokio::test]
+async fn a_detached_message_is_processed_and_committed_on_another_task() {
+    use mqtrace::kafka::rdkafka::consumer::CommitMode;
+    let h = Harness::new("detached").await;
+    let producer = h.producer();
+    h.send_root(&producer).await;
+    let consumer = std::sync::Arc::new(h.consumer());
+    let owned = recv(&consumer).await.detach();
+    let on_task = std::sync::Arc::clone(&consumer);
+    tokio::spawn(async move {
+        on_task
+            .process(&owned, async { Ok::<_, std::io::Error>(()) })
+            .await
+            .expect("handled");
+        on_task
+            .commit_message(&owned, CommitMode::Sync)
+            .expect("committed");
+    })
+    .await
+    .expect("the task ran");
+
+    let spans = h.capture.spans();
+    let send = spans.one(&format!("send {}", h.topic));
+    let process = spans.one(&format!("process {}", h.topic));
+    let commit = spans.one(&format!("commit {}", h.topic));
+    spans.assert_child_of(process, send);
+    spans.assert_child_of(commit, send);
+    spans.assert_links_to(commit, send);
+    spans.assert_attr(commit, "messaging.kafka.offset", 0_i64);
+    // The next offset to read was committed, as rdkafka's own `commit_message` does.
+    use mqtrace::kafka::rdkafka::consumer::Consumer as _;
+    let committed = consumer
+        .inner()
+        .committed(TIMEOUT)
+        .expect("committed offsets");
+    let next = committed
+        .find_partition(&h.topic, 0)
+        .expect("the partition")
+        .offset();
+    assert_eq!(next, mqtrace::kafka::rdkafka::Offset::Offset(1));
+}

@@ -42,8 +42,22 @@ impl OwnedTracedMessage {
     }
 }
 
+impl crate::consumer::ConsumedMessage for OwnedTracedMessage {
+    type Message = OwnedMessage;
+
+    fn kafka_message(&self) -> &OwnedMessage {
+        &self.message
+    }
+
+    fn extracted(&self) -> &Extracted {
+        &self.extracted
+    }
+}
+
 impl TracedMessage<'_> {
-    /// Copies the message out of the consumer's buffer, so it can outlive the borrow.
+    /// Copies the message out of the consumer's buffer, so it can outlive the borrow: spawn
+    /// its handling onto a task, and still trace it with [`TracedConsumer::process`] and
+    /// settle it with [`TracedConsumer::commit_message`] (both take an owned message).
     pub fn detach(&self) -> OwnedTracedMessage {
         OwnedTracedMessage {
             message: self.message.detach(),

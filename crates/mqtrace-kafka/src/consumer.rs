@@ -12,11 +12,11 @@ use mqtrace_core::{
 };
 use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue, StringValue};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{
     CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
 };
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::SYSTEM;
 use crate::client_config::config_value;
@@ -62,19 +62,7 @@ impl<'c> TracedMessage<'c> {
     /// A link to the producer's span carrying this message's partition and offset, or `None`
     /// when the message had no usable context. For batch spans.
     pub fn link(&self) -> Option<Link> {
-        self.extracted.remote_span_context().map(|sc| {
-            Link::new(
-                sc,
-                vec![
-                    KeyValue::new(
-                        semconv::MESSAGING_DESTINATION_PARTITION_ID,
-                        partition_id(self.message.partition()),
-                    ),
-                    KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, self.message.offset()),
-                ],
-                0,
-            )
-        })
+        self.producer_link()
     }
 
     /// Gives back the rdkafka message.
@@ -88,6 +76,52 @@ impl<'c> std::ops::Deref for TracedMessage<'c> {
 
     fn deref(&self) -> &Self::Target {
         &self.message
+    }
+}
+
+/// A consumed message with its producer's context: a [`TracedMessage`] borrowed from the
+/// consumer, or an [`OwnedTracedMessage`](crate::OwnedTracedMessage) detached from it (to
+/// spawn its handling onto a task). [`TracedConsumer::process`],
+/// [`TracedConsumer::process_span`] and [`TracedConsumer::commit_message`] take either.
+pub trait ConsumedMessage {
+    /// The rdkafka message type (`BorrowedMessage` or `OwnedMessage`).
+    type Message: Message;
+
+    /// The rdkafka message.
+    fn kafka_message(&self) -> &Self::Message;
+
+    /// The extraction result.
+    fn extracted(&self) -> &Extracted;
+
+    /// A link to the producer's span carrying the message's partition and offset, or `None`
+    /// when the message had no usable context.
+    fn producer_link(&self) -> Option<Link> {
+        let message = self.kafka_message();
+        self.extracted().remote_span_context().map(|sc| {
+            Link::new(
+                sc,
+                vec![
+                    KeyValue::new(
+                        semconv::MESSAGING_DESTINATION_PARTITION_ID,
+                        partition_id(message.partition()),
+                    ),
+                    KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, message.offset()),
+                ],
+                0,
+            )
+        })
+    }
+}
+
+impl<'c> ConsumedMessage for TracedMessage<'c> {
+    type Message = BorrowedMessage<'c>;
+
+    fn kafka_message(&self) -> &BorrowedMessage<'c> {
+        &self.message
+    }
+
+    fn extracted(&self) -> &Extracted {
+        &self.extracted
     }
 }
 
@@ -349,8 +383,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
 
     /// Starts the CONSUMER `process {topic}` span for `message` without running anything in
     /// it, for handlers that need manual control. [`TracedConsumer::process`] is simpler.
-    pub fn process_span(&self, message: &TracedMessage<'_>) -> MessagingSpan {
-        let (parent, link) = self.parent_mode.parent_and_link(&message.extracted);
+    pub fn process_span<M: ConsumedMessage + ?Sized>(&self, message: &M) -> MessagingSpan {
+        let (parent, link) = self.parent_mode.parent_and_link(message.extracted());
+        let message = message.kafka_message();
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Process, "process")
             .with_destination(destination_name(message.topic()))
             .with_partition(message.partition())
@@ -358,7 +393,7 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
                 semconv::MESSAGING_KAFKA_OFFSET,
                 message.offset(),
             ))
-            .with_body_size(message.payload_len())
+            .with_body_size(message.payload().map_or(0, <[u8]>::len))
             .with_links(link);
         if message.payload().is_none() {
             builder = builder.with_attribute(KeyValue::new(
@@ -384,8 +419,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// ([`mqtrace_core::error_type_name`], e.g. `anyhow::Error`). For an error that supplies
     /// its own value through [`mqtrace_core::ErrorType`], run the handler with
     /// `self.process_span(..).run_with_error_type(handler)` instead.
-    pub async fn process<F, T, E>(&self, message: &TracedMessage<'_>, handler: F) -> Result<T, E>
+    pub async fn process<M, F, T, E>(&self, message: &M, handler: F) -> Result<T, E>
     where
+        M: ConsumedMessage + ?Sized,
         F: std::future::Future<Output = Result<T, E>>,
         E: fmt::Display,
     {
@@ -396,21 +432,32 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
     /// to the message: a child of the current span (the process span, inside the handler),
     /// else of the message's producer context ([`ParentMode::settle_parent`]), so a commit
     /// never starts a trace of its own when the message has one.
-    pub fn commit_message(&self, message: &TracedMessage<'_>, mode: CommitMode) -> Result<()> {
+    pub fn commit_message<M: ConsumedMessage + ?Sized>(
+        &self,
+        message: &M,
+        mode: CommitMode,
+    ) -> Result<()> {
+        let extracted = message.extracted();
+        let link = message.producer_link();
+        let message = message.kafka_message();
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Settle, "commit")
-            .with_destination(destination_name(message.topic()))
-            .with_partition(message.partition())
-            .with_attribute(KeyValue::new(
-                semconv::MESSAGING_KAFKA_OFFSET,
-                message.offset(),
-            ));
+            .with_destination(destination_name(topic))
+            .with_partition(partition)
+            .with_attribute(KeyValue::new(semconv::MESSAGING_KAFKA_OFFSET, offset));
         builder = self.with_client_attributes(builder);
-        if let Some(link) = message.link() {
+        if let Some(link) = link {
             builder = builder.with_link(link);
         }
-        let parent = self.parent_mode.settle_parent(&message.extracted);
+        let parent = self.parent_mode.settle_parent(extracted);
         let span = builder.start(&self.instrumentation, &parent);
-        match self.inner.commit_message(&message.message, mode) {
+        // What rdkafka's `commit_message` does, for borrowed and owned messages alike: the
+        // next offset to read, for the message's partition.
+        let mut next = TopicPartitionList::new();
+        let committed = next
+            .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+            .and_then(|()| self.inner.commit(&next, mode));
+        match committed {
             Ok(()) => {
                 span.end();
                 Ok(())
@@ -418,9 +465,9 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             Err(source) => {
                 span.end_with_error(error_type(&source), source.to_string());
                 Err(Error::Commit {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
                     source,
                 })
             }

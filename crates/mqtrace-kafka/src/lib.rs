@@ -48,7 +48,7 @@ pub mod producer;
 pub mod stream;
 
 pub use batch::OwnedTracedMessage;
-pub use consumer::{TracedConsumer, TracedMessage};
+pub use consumer::{ConsumedMessage, TracedConsumer, TracedMessage};
 pub use error::{Error, Result, error_type};
 pub use producer::{Delivery, TracedProducer};
 pub use stream::TracedMessageStream;
