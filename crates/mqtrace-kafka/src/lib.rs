@@ -56,10 +56,11 @@ pub use stream::TracedMessageStream;
 /// `messaging.system` for Kafka.
 pub const SYSTEM: &str = "kafka";
 
-/// `value` as a reference-counted attribute string: what a client records on every
-/// message's spans (its broker address, group, topic) is cloned, not copied.
+/// `value` as an attribute string kept for the process's life (see
+/// [`mqtrace_core::span::attribute_string`]): what a client records on every message's spans
+/// (its broker address, group, client id) is copied as a `&'static str`, no reference count.
 fn shared(value: &str) -> opentelemetry::StringValue {
-    opentelemetry::StringValue::from(std::sync::Arc::<str>::from(value))
+    mqtrace_core::span::attribute_string(value)
 }
 
 /// The rdkafka crate mqtrace-kafka is built against, so applications use the same version.

@@ -21,7 +21,7 @@ pub use messaging_span::{MessagingSpan, with_span_keeping_random};
 pub use operation::{OperationType, ParentMode};
 pub use server::parse_server;
 pub(crate) use shared_strings::shared_attributes;
-pub use shared_strings::{destination_name, partition_id};
+pub use shared_strings::{attribute_string, destination_name, partition_id};
 
 #[cfg(test)]
 mod tests {

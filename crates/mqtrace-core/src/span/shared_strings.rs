@@ -54,9 +54,11 @@ pub fn partition_id(partition: i32) -> StringValue {
 /// messages that name it.
 ///
 /// A client records its destination on every message's spans and metrics; copying the name
-/// each time is an allocation per span. Each thread keeps the last few names it saw
-/// (`DESTINATION_CACHE` of them, most recent first), so a hit costs a short string compare
-/// and a reference-count increment: no lock, no allocation. A miss makes the string once.
+/// each time is an allocation per span. The name is made once ([`attribute_string`]: kept
+/// for the life of the process, so recording it is a plain copy of a `&'static str` — no
+/// reference count bumped on the recording thread and dropped again on the export thread),
+/// and each thread keeps the last few names it saw (`DESTINATION_CACHE` of them, most recent
+/// first), so a hit costs a short string compare: no lock, no allocation.
 ///
 /// # Example
 ///
@@ -71,27 +73,53 @@ pub fn partition_id(partition: i32) -> StringValue {
 pub fn destination_name(name: &str) -> StringValue {
     const DESTINATION_CACHE: usize = 16;
     thread_local! {
-        static RECENT: std::cell::RefCell<Vec<Arc<str>>> =
+        static RECENT: std::cell::RefCell<Vec<StringValue>> =
             const { std::cell::RefCell::new(Vec::new()) };
     }
     let cached = RECENT.try_with(|recent| {
         let mut recent = recent.borrow_mut();
-        let shared = match recent.iter().position(|seen| &**seen == name) {
+        match recent.iter().position(|seen| seen.as_str() == name) {
             Some(index) => {
                 recent[..=index].rotate_right(1);
-                Arc::clone(&recent[0])
+                recent[0].clone()
             }
             None => {
-                let made = Arc::<str>::from(name);
+                let made = attribute_string(name);
                 recent.truncate(DESTINATION_CACHE - 1);
-                recent.insert(0, Arc::clone(&made));
+                recent.insert(0, made.clone());
                 made
             }
-        };
-        StringValue::from(shared)
+        }
     });
     // Only while the thread is being torn down is the cache gone.
-    cached.unwrap_or_else(|_| StringValue::from(name.to_owned()))
+    cached.unwrap_or_else(|_| attribute_string(name))
+}
+
+/// Distinct attribute strings kept for the life of the process (see [`attribute_string`]).
+const INTERNED_STRINGS: usize = 1024;
+
+/// `value` as an attribute string for a low-cardinality value a client records on every
+/// message (a destination, a consumer group, a broker address): kept for the life of the
+/// process (at most 1,024 distinct ones, a few tens of KiB), so a span or metric that
+/// records it copies a `&'static str` and touches no reference count. Past that bound, a
+/// reference-counted string as before. Takes a lock: call it once per value (when a client
+/// is built, or through a per-thread cache like [`destination_name`]), not per message.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::span::attribute_string;
+///
+/// let group = attribute_string("scorers");
+/// assert_eq!(group.as_str(), "scorers");
+/// assert!(std::ptr::eq(group.as_str(), attribute_string("scorers").as_str()));
+/// ```
+pub fn attribute_string(value: &str) -> StringValue {
+    static STRINGS: Interned = Interned::new(INTERNED_STRINGS);
+    match STRINGS.intern(value.to_owned()) {
+        Ok(kept) => StringValue::from(kept),
+        Err(value) => StringValue::from(Arc::<str>::from(value)),
+    }
 }
 
 /// The metric attributes of a messaging operation (`messaging.system`,
@@ -163,28 +191,51 @@ pub(super) fn interned_span_name(
     }
 }
 
-/// `name` as a string that lives as long as the process, or `name` back once
-/// [`INTERNED_NAMES`] names are kept. A full table is known without taking the lock, so
-/// past it a name costs what it did before interning (one `format!`), not a locked search.
+/// Strings kept for the life of the process, at most `limit` of them.
+struct Interned {
+    kept: std::sync::Mutex<Vec<&'static str>>,
+    full: std::sync::atomic::AtomicBool,
+    limit: usize,
+}
+
+impl Interned {
+    const fn new(limit: usize) -> Self {
+        Self {
+            kept: std::sync::Mutex::new(Vec::new()),
+            full: std::sync::atomic::AtomicBool::new(false),
+            limit,
+        }
+    }
+
+    /// `value` as a string that lives as long as the process, or `value` back once `limit`
+    /// strings are kept. A full table is known without taking the lock, so past it a value
+    /// costs what it did before interning, not a locked search.
+    fn intern(&self, value: String) -> Result<&'static str, String> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(value);
+        }
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(same) = kept.iter().find(|same| **same == value) {
+            return Ok(same);
+        }
+        if kept.len() >= self.limit {
+            self.full.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(value);
+        }
+        let leaked: &'static str = Box::leak(value.into_boxed_str());
+        kept.push(leaked);
+        Ok(leaked)
+    }
+}
+
+/// `name` as a span name that lives as long as the process, or `name` back once
+/// [`INTERNED_NAMES`] names are kept.
 fn intern(name: String) -> Result<&'static str, String> {
-    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-    static FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if FULL.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(name);
-    }
-    let mut names = NAMES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(kept) = names.iter().find(|kept| **kept == name) {
-        return Ok(kept);
-    }
-    if names.len() >= INTERNED_NAMES {
-        FULL.store(true, std::sync::atomic::Ordering::Relaxed);
-        return Err(name);
-    }
-    let kept: &'static str = Box::leak(name.into_boxed_str());
-    names.push(kept);
-    Ok(kept)
+    static NAMES: Interned = Interned::new(INTERNED_NAMES);
+    NAMES.intern(name)
 }
 
 /// What a span's metric attributes are made of.
