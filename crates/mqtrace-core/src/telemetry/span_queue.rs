@@ -518,25 +518,59 @@ mod tests {
         assert_eq!(later.exported + later.dropped(), 10, "{later:?}");
     }
 
-    /// An exporter that records how many of its calls overlap; a call waits (up to 10 s) for
-    /// a second one to arrive, so overlap is seen whenever concurrency is allowed.
+    /// An exporter that records how many of its calls overlap. Its first call holds the
+    /// export thread until the test opens the gate, so the test can queue many batches
+    /// while the thread is busy; every later call waits (up to 10 s) until a second call is
+    /// in flight, so overlap is seen whenever concurrent batches are exported together.
     #[derive(Debug, Clone, Default)]
     struct OverlapExporter {
-        state: Arc<(std::sync::Mutex<(usize, usize)>, std::sync::Condvar)>,
+        /// (calls so far, calls in flight, most in flight at once, gate open)
+        state: Arc<(
+            std::sync::Mutex<(usize, usize, usize, bool)>,
+            std::sync::Condvar,
+        )>,
         exported: Arc<AtomicUsize>,
+    }
+
+    impl OverlapExporter {
+        const PATIENCE: Duration = Duration::from_secs(10);
+
+        fn wait_for_first_call(&self) {
+            let (lock, changed) = &*self.state;
+            let state = lock.lock().expect("lock");
+            let (state, _) = changed
+                .wait_timeout_while(state, Self::PATIENCE, |s| s.0 == 0)
+                .expect("wait");
+            assert!(state.0 > 0, "the export thread never called the exporter");
+        }
+
+        fn open_gate(&self) {
+            let (lock, changed) = &*self.state;
+            lock.lock().expect("lock").3 = true;
+            changed.notify_all();
+        }
     }
 
     impl SpanExporter for OverlapExporter {
         async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
-            let (lock, arrived) = &*self.state;
+            let (lock, changed) = &*self.state;
             let mut state = lock.lock().expect("lock");
             state.0 += 1;
-            state.1 = state.1.max(state.0);
-            arrived.notify_all();
-            let (mut state, _) = arrived
-                .wait_timeout_while(state, Duration::from_secs(10), |s| s.1 < 2)
-                .expect("wait");
-            state.0 -= 1;
+            let first = state.0 == 1;
+            changed.notify_all();
+            if first {
+                let (_state, _) = changed
+                    .wait_timeout_while(state, Self::PATIENCE, |s| !s.3)
+                    .expect("wait");
+            } else {
+                state.1 += 1;
+                state.2 = state.2.max(state.1);
+                changed.notify_all();
+                let (mut state, _) = changed
+                    .wait_timeout_while(state, Self::PATIENCE, |s| s.2 < 2)
+                    .expect("wait");
+                state.1 -= 1;
+            }
             self.exported.fetch_add(batch.len(), Ordering::SeqCst);
             Ok(())
         }
@@ -562,17 +596,24 @@ mod tests {
             .with_span_processor(processor)
             .build();
         let tracer = provider.tracer("t");
+        // One full batch, which the export thread takes and is held on...
+        for _ in 0..4 {
+            tracer.start("s").end();
+        }
+        exporter.wait_for_first_call();
+        // ...while ten more batches queue up behind it: the next rounds have three each.
         for _ in 0..40 {
             tracer.start("s").end();
         }
+        exporter.open_gate();
         provider.force_flush().expect("flush");
-        let overlap = exporter.state.0.lock().expect("lock").1;
+        let overlap = exporter.state.0.lock().expect("lock").2;
         assert!(
             overlap >= 2,
-            "batches were exported one at a time ({overlap})"
+            "queued batches were exported one at a time ({overlap})"
         );
         assert!(overlap <= 3, "more in flight than allowed ({overlap})");
-        assert_eq!(counters.snapshot().exported, 40);
-        assert_eq!(exporter.exported.load(Ordering::SeqCst), 40);
+        assert_eq!(counters.snapshot().exported, 44);
+        assert_eq!(exporter.exported.load(Ordering::SeqCst), 44);
     }
 }
