@@ -524,12 +524,17 @@ mod tests {
     /// in flight, so overlap is seen whenever concurrent batches are exported together.
     #[derive(Debug, Clone, Default)]
     struct OverlapExporter {
-        /// (calls so far, calls in flight, most in flight at once, gate open)
-        state: Arc<(
-            std::sync::Mutex<(usize, usize, usize, bool)>,
-            std::sync::Condvar,
-        )>,
+        state: Arc<(std::sync::Mutex<Calls>, std::sync::Condvar)>,
         exported: Arc<AtomicUsize>,
+    }
+
+    /// The export calls an [`OverlapExporter`] saw.
+    #[derive(Debug, Default)]
+    struct Calls {
+        made: usize,
+        in_flight: usize,
+        most_in_flight: usize,
+        gate_open: bool,
     }
 
     impl OverlapExporter {
@@ -539,14 +544,17 @@ mod tests {
             let (lock, changed) = &*self.state;
             let state = lock.lock().expect("lock");
             let (state, _) = changed
-                .wait_timeout_while(state, Self::PATIENCE, |s| s.0 == 0)
+                .wait_timeout_while(state, Self::PATIENCE, |c| c.made == 0)
                 .expect("wait");
-            assert!(state.0 > 0, "the export thread never called the exporter");
+            assert!(
+                state.made > 0,
+                "the export thread never called the exporter"
+            );
         }
 
         fn open_gate(&self) {
             let (lock, changed) = &*self.state;
-            lock.lock().expect("lock").3 = true;
+            lock.lock().expect("lock").gate_open = true;
             changed.notify_all();
         }
     }
@@ -555,21 +563,21 @@ mod tests {
         async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
             let (lock, changed) = &*self.state;
             let mut state = lock.lock().expect("lock");
-            state.0 += 1;
-            let first = state.0 == 1;
+            state.made += 1;
+            let first = state.made == 1;
             changed.notify_all();
             if first {
                 let (_state, _) = changed
-                    .wait_timeout_while(state, Self::PATIENCE, |s| !s.3)
+                    .wait_timeout_while(state, Self::PATIENCE, |c| !c.gate_open)
                     .expect("wait");
             } else {
-                state.1 += 1;
-                state.2 = state.2.max(state.1);
+                state.in_flight += 1;
+                state.most_in_flight = state.most_in_flight.max(state.in_flight);
                 changed.notify_all();
                 let (mut state, _) = changed
-                    .wait_timeout_while(state, Self::PATIENCE, |s| s.2 < 2)
+                    .wait_timeout_while(state, Self::PATIENCE, |c| c.most_in_flight < 2)
                     .expect("wait");
-                state.1 -= 1;
+                state.in_flight -= 1;
             }
             self.exported.fetch_add(batch.len(), Ordering::SeqCst);
             Ok(())
@@ -607,7 +615,7 @@ mod tests {
         }
         exporter.open_gate();
         provider.force_flush().expect("flush");
-        let overlap = exporter.state.0.lock().expect("lock").2;
+        let overlap = exporter.state.0.lock().expect("lock").most_in_flight;
         assert!(
             overlap >= 2,
             "queued batches were exported one at a time ({overlap})"
