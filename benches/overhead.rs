@@ -77,7 +77,6 @@ use mqtrace::core::batch::{
     MessageSource, Outgoing,
 };
 use mqtrace::core::propagation::{ExtractOutcome, Extracted, Propagation};
-use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, Sampling, TelemetryConfig};
 use mqtrace::core::{MessagingSpanBuilder, OperationType};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
@@ -90,6 +89,7 @@ use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use mqtrace::kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{self, Destination, OtlpProtocol, Sampling, TelemetryConfig};
 use mqtrace_testkit::amqp::RabbitFixture;
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use mqtrace_testkit::otlp::{Behaviour, OtlpReceiver};
@@ -493,7 +493,7 @@ impl InProcessTelemetry {
             .build();
         let tracer_provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(sampling.to_sampler())
+            .with_sampler(telemetry::sdk_sampler(sampling))
             .build();
         Self::from_tracer_provider(tracer_provider, sampling, exported)
     }
@@ -2131,7 +2131,7 @@ fn spans_per_second(
 }
 
 fn export_spans_per_s(runtime: &Runtime, sizes: &Sizes) -> anyhow::Result<()> {
-    use mqtrace::core::telemetry::file::FileSpanExporter;
+    use mqtrace::telemetry::file::FileSpanExporter;
     use opentelemetry_otlp::WithExportConfig;
 
     let spans = main_job_spans(sizes.export_spans);
@@ -2168,8 +2168,7 @@ fn export_spans_per_s(runtime: &Runtime, sizes: &Sizes) -> anyhow::Result<()> {
     // mqtrace's exporter, and opentelemetry-otlp's, which it replaced.
     let receiver = runtime.block_on(OtlpReceiver::start())?;
     let url = format!("{}/v1/traces", receiver.http_endpoint());
-    let exporter =
-        mqtrace::core::telemetry::OtlpHttpSpanExporter::new(&url, Duration::from_secs(30))?;
+    let exporter = mqtrace::telemetry::OtlpHttpSpanExporter::new(&url, Duration::from_secs(30))?;
     let otlp_rate = spans_per_second(&spans, sizes.export_rounds, |batch| {
         futures_executor::block_on(exporter.export(batch))
             .map_err(|e| anyhow::anyhow!("OTLP/HTTP export: {e}"))

@@ -22,7 +22,7 @@ use mqtrace::amqp::lapin::options::{
 use mqtrace::amqp::lapin::types::{AMQPValue, FieldTable};
 use mqtrace::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
 use mqtrace::amqp::{TracedConsumer, TracedPublisher};
-use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
+use mqtrace::telemetry::{self, Destination, TelemetryConfig};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 

@@ -30,7 +30,6 @@ use mqtrace::amqp::lapin::options::{BasicConsumeOptions, QueueDeclareOptions, Qu
 use mqtrace::amqp::lapin::types::FieldTable;
 use mqtrace::amqp::lapin::{Connection, ConnectionProperties};
 use mqtrace::core::batch::{MessageSink, MessageSource};
-use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::{FeatureStore, InMemoryFeatureStore, RedisFeatureStore};
 use mqtrace::inference::mlp::Mlp;
@@ -40,6 +39,7 @@ use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfi
 use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace_testkit::kafka::{KafkaFixture, NamedTopic, unique_name};
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer,

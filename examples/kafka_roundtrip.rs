@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace::kafka::rdkafka::consumer::CommitMode;
 use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};

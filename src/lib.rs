@@ -6,8 +6,10 @@
 //! travel in message headers, and traces every send, receive, process and settle per the
 //! OpenTelemetry messaging semantic conventions. This crate is the facade; the parts are:
 //!
-//! - [`core`] (`mqtrace-core`): header carriers, propagation, messaging spans and metrics,
-//!   telemetry setup from the `OTEL_*` environment;
+//! - [`core`] (`mqtrace-core`, on the OpenTelemetry API only): header carriers,
+//!   propagation, messaging spans and metrics, batch links;
+//! - [`telemetry`] (`mqtrace-telemetry`, feature `telemetry`, on by default): one-call
+//!   OpenTelemetry SDK setup from the `OTEL_*` environment, OTLP or files;
 //! - [`kafka`] (`mqtrace-kafka`, feature `kafka`, on by default): traced rust-rdkafka
 //!   producer and consumer;
 //! - [`amqp`] (`mqtrace-amqp`, feature `amqp`, on by default): traced lapin publisher and
@@ -24,7 +26,7 @@
 //! use rdkafka::producer::FutureRecord;
 //!
 //! // Traces go to OTLP if OTEL_EXPORTER_OTLP_ENDPOINT is set, else to ./telemetry/*.jsonl
-//! let _telemetry = mqtrace::core::telemetry::init()?;
+//! let _telemetry = mqtrace::telemetry::init()?;
 //! let producer = TracedProducer::from_config(
 //!     ClientConfig::new().set("bootstrap.servers", "localhost:9092"),
 //! )?;
@@ -38,6 +40,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use mqtrace_core as core;
+
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+pub use mqtrace_telemetry as telemetry;
 
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]

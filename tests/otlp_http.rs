@@ -5,7 +5,7 @@
 #[path = "common/otlp_e2e.rs"]
 mod otlp_e2e;
 
-use mqtrace::core::telemetry::OtlpProtocol;
+use mqtrace::telemetry::OtlpProtocol;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_and_batch_worker_arrive_over_otlp_http() {

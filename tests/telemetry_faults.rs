@@ -10,14 +10,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use mqtrace::core::Instrumentation;
-use mqtrace::core::telemetry::{
-    self, Destination, OtlpProtocol, SpanBatchSettings, TelemetryConfig, TelemetryGuard,
-};
 use mqtrace::kafka::rdkafka::consumer::Consumer;
 use mqtrace::kafka::rdkafka::message::Message;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{
+    self, Destination, OtlpProtocol, SpanBatchSettings, TelemetryConfig, TelemetryGuard,
+};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use mqtrace_testkit::otlp::{Behaviour, OtlpReceiver, find_attr, value_to_string};
 use opentelemetry::Context;

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{TIMEOUT, recv};
-use mqtrace::core::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace::kafka::rdkafka::consumer::{CommitMode, Consumer};
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{self, Destination, TelemetryConfig};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use serde_json::Value;
 

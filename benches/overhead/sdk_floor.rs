@@ -3,7 +3,7 @@
 //!
 //! - [`KafkaFloor`] / [`AmqpFloor`] record, per message, exactly the spans, attributes,
 //!   link, parent and measurements mqtrace records for a Kafka send + process (or an AMQP
-//!   publish + process + ack), straight through the SDK tracer and bound instruments, with
+//!   publish + process + ack), straight through the SDK tracer and (bound, with feature `bound-instruments`) instruments, with
 //!   no broker and no propagation. They are written out by hand, not derived from mqtrace,
 //!   so they cannot shrink when mqtrace sheds work; [`check_shapes`] fails the benchmark when
 //!   mqtrace's spans and the floor's stop matching (a span, attribute or link added to or
@@ -25,7 +25,7 @@ use mqtrace::kafka::rdkafka::consumer::StreamConsumer;
 use mqtrace::kafka::rdkafka::message::{BorrowedHeaders, Header, Headers, Message, OwnedHeaders};
 use mqtrace::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::metrics::{BoundCounter, BoundHistogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
@@ -238,11 +238,75 @@ impl KafkaStrings {
         ];
         let instruments = Instruments::new(meter);
         KafkaMeasurements {
-            send_duration: instruments.operation_duration.bind(&send),
-            sent: instruments.sent.bind(&send),
-            consumed: instruments.consumed.bind(&poll),
-            process_duration: instruments.process_duration.bind(&process),
+            send_duration: Floor::bind(&instruments.operation_duration, &send),
+            sent: Floor::bind(&instruments.sent, &send),
+            consumed: Floor::bind(&instruments.consumed, &poll),
+            process_duration: Floor::bind(&instruments.process_duration, &process),
         }
+    }
+}
+
+/// A measurement's series as a careful SDK user records it: bound once when mqtrace records
+/// through bound instruments (feature `bound-instruments`), else the instrument and its
+/// attributes, recorded together each time (what the SDK's stable API allows).
+trait Floor {
+    type Series;
+    fn bind(instrument: &Self, attributes: &[KeyValue]) -> Self::Series;
+}
+
+#[cfg(feature = "bound-instruments")]
+type FloorCounter = opentelemetry::metrics::BoundCounter<u64>;
+#[cfg(feature = "bound-instruments")]
+type FloorHistogram = opentelemetry::metrics::BoundHistogram<f64>;
+
+#[cfg(feature = "bound-instruments")]
+impl Floor for Counter<u64> {
+    type Series = FloorCounter;
+    fn bind(instrument: &Self, attributes: &[KeyValue]) -> FloorCounter {
+        instrument.bind(attributes)
+    }
+}
+
+#[cfg(feature = "bound-instruments")]
+impl Floor for Histogram<f64> {
+    type Series = FloorHistogram;
+    fn bind(instrument: &Self, attributes: &[KeyValue]) -> FloorHistogram {
+        instrument.bind(attributes)
+    }
+}
+
+#[cfg(not(feature = "bound-instruments"))]
+struct FloorCounter(Counter<u64>, Vec<KeyValue>);
+#[cfg(not(feature = "bound-instruments"))]
+struct FloorHistogram(Histogram<f64>, Vec<KeyValue>);
+
+#[cfg(not(feature = "bound-instruments"))]
+impl FloorCounter {
+    fn add(&self, value: u64) {
+        self.0.add(value, &self.1);
+    }
+}
+
+#[cfg(not(feature = "bound-instruments"))]
+impl FloorHistogram {
+    fn record(&self, value: f64) {
+        self.0.record(value, &self.1);
+    }
+}
+
+#[cfg(not(feature = "bound-instruments"))]
+impl Floor for Counter<u64> {
+    type Series = FloorCounter;
+    fn bind(instrument: &Self, attributes: &[KeyValue]) -> FloorCounter {
+        FloorCounter(instrument.clone(), attributes.to_vec())
+    }
+}
+
+#[cfg(not(feature = "bound-instruments"))]
+impl Floor for Histogram<f64> {
+    type Series = FloorHistogram;
+    fn bind(instrument: &Self, attributes: &[KeyValue]) -> FloorHistogram {
+        FloorHistogram(instrument.clone(), attributes.to_vec())
     }
 }
 
@@ -281,10 +345,10 @@ impl Instruments {
 
 /// The four measurements of a Kafka message, bound once (what a careful SDK user does).
 struct KafkaMeasurements {
-    send_duration: BoundHistogram<f64>,
-    sent: BoundCounter<u64>,
-    consumed: BoundCounter<u64>,
-    process_duration: BoundHistogram<f64>,
+    send_duration: FloorHistogram,
+    sent: FloorCounter,
+    consumed: FloorCounter,
+    process_duration: FloorHistogram,
 }
 
 /// A tracer straight from the SDK provider (no `BoxedTracer`), under mqtrace's scope.
@@ -381,11 +445,11 @@ pub(crate) struct AmqpFloor {
     send_name: String,
     process_name: String,
     ack_name: String,
-    send_duration: BoundHistogram<f64>,
-    sent: BoundCounter<u64>,
-    consumed: BoundCounter<u64>,
-    process_duration: BoundHistogram<f64>,
-    ack_duration: BoundHistogram<f64>,
+    send_duration: FloorHistogram,
+    sent: FloorCounter,
+    consumed: FloorCounter,
+    process_duration: FloorHistogram,
+    ack_duration: FloorHistogram,
     remote: Context,
 }
 
@@ -416,11 +480,11 @@ impl AmqpFloor {
         let instruments = Instruments::new(&meter(telemetry));
         Self {
             tracer: sdk_tracer(&telemetry.tracer_provider),
-            send_duration: instruments.operation_duration.bind(&base("send")),
-            sent: instruments.sent.bind(&base("send")),
-            consumed: instruments.consumed.bind(&base("deliver")[..3]),
-            process_duration: instruments.process_duration.bind(&base("process")),
-            ack_duration: instruments.operation_duration.bind(&base("ack")),
+            send_duration: Floor::bind(&instruments.operation_duration, &base("send")),
+            sent: Floor::bind(&instruments.sent, &base("send")),
+            consumed: Floor::bind(&instruments.consumed, &base("deliver")[..3]),
+            process_duration: Floor::bind(&instruments.process_duration, &base("process")),
+            ack_duration: Floor::bind(&instruments.operation_duration, &base("ack")),
             queue: queue_value,
             address,
             port,

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use mqtrace::core::propagation::ExtractOutcome;
-use mqtrace::core::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
 use mqtrace::inference::metrics::WorkerMetrics;
@@ -25,6 +24,7 @@ use mqtrace::kafka::rdkafka::message::{Header, OwnedHeaders};
 use mqtrace::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
 use mqtrace::kafka::{TracedConsumer, TracedProducer};
+use mqtrace::telemetry::{self, Destination, OtlpProtocol, TelemetryConfig};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use mqtrace_testkit::otlp::{OtlpReceiver, Protocol, ReceivedMetric, ReceivedSpan};
 use mqtrace_testkit::prometheus::{dashboard_metric_names, prometheus_series};

@@ -10,6 +10,11 @@
 //! instruments' owner, the instrument and the attributes, compared by value (a few short
 //! string compares; no hashing, no lock, no allocation on a hit). A miss binds once through
 //! the SDK. Bindings live as long as their cache entry; the SDK never evicts a bound series.
+//!
+//! Bound instruments are an experimental OpenTelemetry API
+//! (`opentelemetry/experimental_metrics_bound_instruments`), so this cache is built only with
+//! mqtrace-core's opt-in feature `bound-instruments`; without it measurements go to the
+//! instruments directly.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -17,6 +22,8 @@ use std::thread::LocalKey;
 
 use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Histogram};
 use opentelemetry::{KeyValue, Value};
+
+use crate::span::same_str;
 
 /// Bindings kept per thread and instrument kind (counters, histograms). A client uses a
 /// handful (an operation per destination, plus the error variants), so a thread serving many
@@ -102,12 +109,6 @@ fn same(cached: &[KeyValue], attributes: &[KeyValue]) -> bool {
         && cached.iter().zip(attributes).all(|(a, b)| {
             same_str(a.key.as_str(), b.key.as_str()) && same_value(&a.value, &b.value)
         })
-}
-
-/// Whether two strings are equal: by address and length first, by bytes otherwise.
-#[inline]
-pub(crate) fn same_str(a: &str, b: &str) -> bool {
-    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }
 
 fn same_value(a: &Value, b: &Value) -> bool {

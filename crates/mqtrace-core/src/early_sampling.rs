@@ -5,23 +5,23 @@
 //! attributes, links), because a sampler may look at them. The built-in samplers
 //! ([`Sampling`]) do not: they decide from the parent's sampled flag and the trace id alone.
 //! When mqtrace knows the provider samples with one of them, it makes the same decision
-//! first, before building anything (the ratio samplers through the SDK's own sampler, with
-//! no attributes). A span it drops gets the context the SDK would give it (a fresh span id,
+//! first, before building anything (the ratio samplers with the SDK's arithmetic on the
+//! trace id). A span it drops gets the context the SDK would give it (a fresh span id,
 //! flags `00` with the trace's W3C random flag kept, the parent's tracestate), so injection
 //! and children carry on unchanged, and nothing else is made. A span it keeps is built and
 //! goes through the SDK as before, whose sampler then decides the same with the full
 //! attributes.
 //!
 //! mqtrace knows the sampler in two cases:
-//! - the global tracer provider was installed by [`crate::telemetry::init`]: it is wrapped
-//!   in [`MarkedTracerProvider`], whose `tracer_with_scope` tells
-//!   `Instrumentation::global()` which sampler it uses, on the building thread, while the
-//!   tracer is made. A provider installed by anyone else tells nothing, so its spans always
-//!   go through the SDK. Once the guard shuts down, early decisions stop (the SDK then gives
-//!   every span an empty context).
+//! - the global tracer provider declares it ([`DeclaredSampling::announce`], which the
+//!   provider `mqtrace-telemetry` installs does), on the building thread, while
+//!   `Instrumentation::global()` makes its tracer. A provider installed by anyone else tells
+//!   nothing, so its spans always go through the SDK. Once the declaration is withdrawn (the
+//!   provider shut down), early decisions stop (the SDK then gives every span an empty
+//!   context).
 //! - the application says so, with
-//!   [`InstrumentationBuilder::with_sampling`](crate::instrumentation::InstrumentationBuilder::with_sampling),
-//!   or builds from [`TelemetryGuard::instrumentation`](crate::telemetry::TelemetryGuard::instrumentation).
+//!   [`InstrumentationBuilder::with_sampling`](crate::instrumentation::InstrumentationBuilder::with_sampling)
+//!   or [`with_declared_sampling`](crate::instrumentation::InstrumentationBuilder::with_declared_sampling).
 //!
 //! A root span whose fate depends on the trace id the SDK is about to draw (a ratio strictly
 //! between 0 and 1 and no parent) is never decided early: the SDK draws its own id, and
@@ -29,18 +29,15 @@
 //!
 //! [`SpanBuilder`]: opentelemetry::trace::SpanBuilder
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt, TraceFlags, TracerProvider};
-use opentelemetry::{Context, InstrumentationScope};
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
-    ShouldSample,
-};
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
 
-use crate::telemetry::Sampling;
+use crate::sampling::Sampling;
 
 /// A built-in sampler mqtrace asks before building a span.
 #[derive(Debug, Clone)]
@@ -61,9 +58,9 @@ enum Rule {
     /// (`Some(false)`) or left to the SDK (`None`: a ratio strictly between 0 and 1, which
     /// needs the trace id the SDK is about to draw).
     ByParent { root_dropped: Option<bool> },
-    /// `traceidratio` strictly between 0 and 1, ignoring the parent: this sampler decides
-    /// from a parent's trace id; roots are left to the SDK.
-    Ratio(Sampler),
+    /// `traceidratio` strictly between 0 and 1, ignoring the parent: decided from a parent's
+    /// trace id as the SDK does; roots are left to the SDK.
+    Ratio(f64),
 }
 
 impl EarlySampler {
@@ -74,7 +71,7 @@ impl EarlySampler {
             Sampling::AlwaysOff => Rule::Drop,
             Sampling::TraceIdRatio(ratio) if ratio >= 1.0 => Rule::Keep,
             Sampling::TraceIdRatio(ratio) if ratio <= 0.0 || ratio.is_nan() => Rule::Drop,
-            Sampling::TraceIdRatio(_) => Rule::Ratio(sampling.to_sampler()),
+            Sampling::TraceIdRatio(ratio) => Rule::Ratio(ratio),
             Sampling::ParentBasedAlwaysOn => Rule::ByParent {
                 root_dropped: Some(false),
             },
@@ -99,10 +96,10 @@ impl EarlySampler {
         !matches!(self.rule, Rule::Keep)
     }
 
-    /// `parent` with the context of a `kind` span that the sampler drops, whatever its name,
+    /// `parent` with the context of a span that the sampler drops, whatever its kind, name,
     /// attributes and links; `None` when the span may record (or cannot be decided here)
     /// and must be built and started through the tracer.
-    pub(crate) fn dropped(&self, parent: &Context, kind: &SpanKind) -> Option<Context> {
+    pub(crate) fn dropped(&self, parent: &Context) -> Option<Context> {
         let parent_span = parent.span();
         let continued = parent_span.span_context();
         let dropped = match &self.rule {
@@ -115,13 +112,11 @@ impl EarlySampler {
                     (*root_dropped)?
                 }
             }
-            Rule::Ratio(sampler) => {
+            Rule::Ratio(ratio) => {
                 if !continued.is_valid() {
                     return None;
                 }
-                let result =
-                    sampler.should_sample(Some(parent), continued.trace_id(), "", kind, &[], &[]);
-                result.decision == SamplingDecision::Drop
+                !ratio_keeps(*ratio, continued.trace_id())
             }
         };
         if !dropped
@@ -136,14 +131,14 @@ impl EarlySampler {
         let trace_id = if continued.is_valid() {
             continued.trace_id()
         } else {
-            RandomIdGenerator::default().new_trace_id()
+            random_trace_id()
         };
         // What the SDK gives a dropped span (opentelemetry_sdk 0.33.1 `build_with_context`:
         // the built-in samplers pass the parent's tracestate on), with the trace's random
         // flag kept as mqtrace does for every dropped span.
         let sc = SpanContext::new(
             trace_id,
-            RandomIdGenerator::default().new_span_id(),
+            random_span_id(),
             TraceFlags::default(),
             false,
             continued.trace_state().clone(),
@@ -153,14 +148,73 @@ impl EarlySampler {
     }
 }
 
+/// Whether `traceidratio` with `ratio` keeps the trace `trace_id`: the SDK's arithmetic
+/// (opentelemetry_sdk 0.33.1 `sample_based_on_probability`): the low 63 bits of the trace id
+/// against the ratio's share of 2^63.
+fn ratio_keeps(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let upper_bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let low = u128::from_be_bytes(trace_id.to_bytes()) as u64;
+    (low >> 1) < upper_bound
+}
+
 thread_local! {
-    /// The sampler (and shutdown flag) of the [`MarkedTracerProvider`] that last made a
-    /// tracer on this thread, until [`tracer_with_sampler`] takes it.
+    /// This thread's id generator state (SplitMix64), seeded from the process's random
+    /// hasher keys, the thread and the time.
+    static ID_STATE: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    std::hash::Hash::hash(&std::thread::current().id(), &mut hasher);
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(now.as_nanos());
+    }
+    hasher.finish()
+}
+
+/// A random, never zero, 64-bit value (SplitMix64: fast, statistically sound, not for
+/// secrets, like the SDK's own generator).
+fn random_u64() -> u64 {
+    ID_STATE.with(|state| {
+        loop {
+            let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(next);
+            let mut z = next;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
+        }
+    })
+}
+
+fn random_span_id() -> SpanId {
+    SpanId::from(random_u64())
+}
+
+fn random_trace_id() -> TraceId {
+    TraceId::from((u128::from(random_u64()) << 64) | u128::from(random_u64()))
+}
+
+thread_local! {
+    /// The sampler (and withdrawal flag) a provider announced while making a tracer on this
+    /// thread, until [`tracer_with_sampler`] takes it.
     static OFFERED: RefCell<Option<(Sampling, Arc<AtomicBool>)>> = const { RefCell::new(None) };
 }
 
-/// Makes a tracer with `make` and, when it came from a [`MarkedTracerProvider`], the early
-/// sampler that goes with it; `None` for any other provider.
+/// Records what [`DeclaredSampling::announce`](crate::sampling::DeclaredSampling::announce)
+/// tells.
+pub(crate) fn offer(sampling: Sampling, alive: Arc<AtomicBool>) {
+    OFFERED.with(|offered| *offered.borrow_mut() = Some((sampling, alive)));
+}
+
+/// Makes a tracer with `make` and, when its provider announced its sampler while making it,
+/// the early sampler that goes with it; `None` for any other provider.
 pub(crate) fn tracer_with_sampler<T>(make: impl FnOnce() -> T) -> (T, Option<EarlySampler>) {
     OFFERED.with(|offered| offered.borrow_mut().take());
     let tracer = make();
@@ -170,48 +224,14 @@ pub(crate) fn tracer_with_sampler<T>(make: impl FnOnce() -> T) -> (T, Option<Ear
     (tracer, early)
 }
 
-/// The SDK tracer provider mqtrace installs globally, telling the instrumentation built
-/// from it which sampler it uses (see the module docs). Everything else is the SDK's.
-#[derive(Debug, Clone)]
-pub(crate) struct MarkedTracerProvider {
-    inner: SdkTracerProvider,
-    sampling: Sampling,
-    alive: Arc<AtomicBool>,
-}
-
-impl MarkedTracerProvider {
-    /// `inner`, which samples with `sampling`; early decisions last while `alive` is set.
-    pub(crate) fn new(
-        inner: SdkTracerProvider,
-        sampling: Sampling,
-        alive: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            inner,
-            sampling,
-            alive,
-        }
-    }
-}
-
-impl TracerProvider for MarkedTracerProvider {
-    type Tracer = SdkTracer;
-
-    fn tracer_with_scope(&self, scope: InstrumentationScope) -> SdkTracer {
-        OFFERED.with(|offered| {
-            *offered.borrow_mut() = Some((self.sampling, Arc::clone(&self.alive)));
-        });
-        self.inner.tracer_with_scope(scope)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::instrumentation::Instrumentation;
+    use crate::sampling::DeclaredSampling;
     use crate::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
-    use opentelemetry::trace::{SpanId, TraceId, TraceState};
-    use opentelemetry_sdk::trace::InMemorySpanExporter;
+    use opentelemetry::trace::{TraceState, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
 
     const TRACE: u128 = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c;
 
@@ -261,13 +281,27 @@ mod tests {
         ]
     }
 
+    /// The SDK's sampler that `sampling` names.
+    fn sdk_sampler(sampling: Sampling) -> Sampler {
+        match sampling {
+            Sampling::AlwaysOn => Sampler::AlwaysOn,
+            Sampling::AlwaysOff => Sampler::AlwaysOff,
+            Sampling::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            Sampling::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Sampling::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Sampling::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+
     fn instrumentation(
         sampling: Sampling,
         early: bool,
     ) -> (SdkTracerProvider, InMemorySpanExporter, Instrumentation) {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
-            .with_sampler(sampling.to_sampler())
+            .with_sampler(sdk_sampler(sampling))
             .with_simple_exporter(exporter.clone())
             .build();
         let mut builder = Instrumentation::builder().with_tracer_provider(&provider);
@@ -364,18 +398,10 @@ mod tests {
             Sampling::ParentBasedTraceIdRatio(0.5),
         ] {
             let early = EarlySampler::new(sampling, None);
-            assert!(
-                early
-                    .dropped(&Context::new(), &SpanKind::Producer)
-                    .is_none()
-            );
+            assert!(early.dropped(&Context::new()).is_none());
         }
         let early = EarlySampler::new(Sampling::AlwaysOff, None);
-        assert!(
-            early
-                .dropped(&Context::new(), &SpanKind::Producer)
-                .is_some()
-        );
+        assert!(early.dropped(&Context::new()).is_some());
         assert!(!EarlySampler::new(Sampling::AlwaysOn, None).ever_drops());
     }
 
@@ -383,41 +409,53 @@ mod tests {
     fn nothing_is_decided_early_after_shutdown_or_when_telemetry_is_suppressed() {
         let alive = Arc::new(AtomicBool::new(true));
         let early = EarlySampler::new(Sampling::AlwaysOff, Some(Arc::clone(&alive)));
-        assert!(
-            early
-                .dropped(&Context::new(), &SpanKind::Consumer)
-                .is_some()
-        );
+        assert!(early.dropped(&Context::new()).is_some());
         let suppressed = Context::enter_telemetry_suppressed_scope();
-        assert!(
-            early
-                .dropped(&Context::current(), &SpanKind::Consumer)
-                .is_none()
-        );
+        assert!(early.dropped(&Context::current()).is_none());
         drop(suppressed);
         alive.store(false, Ordering::Relaxed);
-        assert!(
-            early
-                .dropped(&Context::new(), &SpanKind::Consumer)
-                .is_none()
-        );
+        assert!(early.dropped(&Context::new()).is_none());
     }
 
     #[test]
-    fn only_a_marked_provider_tells_its_sampler() {
+    fn only_an_announcing_provider_tells_its_sampler() {
         let sdk = SdkTracerProvider::builder().build();
-        let marked = MarkedTracerProvider::new(
-            sdk.clone(),
-            Sampling::ParentBasedAlwaysOff,
-            Arc::new(AtomicBool::new(true)),
-        );
-        let (_tracer, early) =
-            tracer_with_sampler(|| marked.tracer_with_scope(crate::instrumentation::scope()));
+        let declared = DeclaredSampling::new(Sampling::ParentBasedAlwaysOff);
+        let (_tracer, early) = tracer_with_sampler(|| {
+            declared.announce();
+            sdk.tracer_with_scope(crate::instrumentation::scope())
+        });
         assert!(early.is_some_and(|e| e.ever_drops()));
-        // A plain provider's tracer, even right after a marked one made its own, says nothing.
-        let _ = marked.tracer_with_scope(crate::instrumentation::scope());
+        // A plain provider's tracer, even right after another announced, says nothing.
+        declared.announce();
         let (_tracer, early) =
             tracer_with_sampler(|| sdk.tracer_with_scope(crate::instrumentation::scope()));
         assert!(early.is_none());
+    }
+
+    #[test]
+    fn ratio_decisions_are_the_sdks() {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        for ratio in [0.0, 1e-9, 0.01, 0.25, 0.5, 0.75, 0.999, 1.0] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            for trace in [1u128, 2, 3, u128::MAX, u128::MAX >> 1, TRACE, TRACE >> 3] {
+                let trace_id = TraceId::from(trace);
+                let by_sdk = sdk
+                    .should_sample(None, trace_id, "", &SpanKind::Internal, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                assert_eq!(ratio_keeps(ratio, trace_id), by_sdk, "{ratio} {trace:x}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_random_and_never_zero() {
+        let ids: std::collections::HashSet<u64> = (0..10_000).map(|_| random_u64()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+        let other = std::thread::spawn(random_u64).join().expect("thread");
+        assert!(!ids.contains(&other));
     }
 }

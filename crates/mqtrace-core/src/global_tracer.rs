@@ -5,7 +5,7 @@
 //! OpenTelemetry's `global::tracer` hands out a tracer of the provider installed at that
 //! moment and keeps it: a wrapper built before `global::set_tracer_provider` would record
 //! nothing, forever, and say nothing. Instead each thread keeps the global tracer it last
-//! resolved, and resolves it again when [`crate::telemetry::init`] installs a provider (or
+//! resolved, and resolves it again when `mqtrace_telemetry::init` installs a provider (or
 //! [`refresh`] is called) and at most a second after it last did, so a provider installed
 //! by any other means is picked up within a second. A span start pays a thread-local read
 //! and a comparison of the clock it reads anyway.
@@ -45,7 +45,7 @@ thread_local! {
 }
 
 /// Says that the global tracer provider changed, so every thread resolves it again at its
-/// next span. [`crate::telemetry::init`] calls it; call it after installing a provider with
+/// next span. `mqtrace_telemetry::init` calls it; call it after installing a provider with
 /// `opentelemetry::global::set_tracer_provider` yourself to have wrappers that already exist
 /// pick it up at once rather than within a second.
 ///

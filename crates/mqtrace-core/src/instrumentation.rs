@@ -5,10 +5,10 @@
 //! them with the builder.
 //!
 //! The global tracer is followed, not captured: an instrumentation (or wrapper) built before
-//! a provider is installed traces with it once it is, at once with [`crate::telemetry::init`]
+//! a provider is installed traces with it once it is, at once with `mqtrace_telemetry::init`
 //! or after [`refresh_global_tracer`], else within a second. The global meter is captured
 //! when the instrumentation is built, so build it *after* the meter provider is installed
-//! ([`crate::telemetry::init`] installs both).
+//! (`mqtrace_telemetry::init` installs both).
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,17 +16,15 @@ use std::time::Instant;
 
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Meter, MeterProvider};
-use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer, TracerProvider,
-};
+use opentelemetry::trace::{Span as _, SpanBuilder, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, InstrumentationScope};
 
 use crate::carrier::HeaderSource;
 use crate::early_sampling::EarlySampler;
 use crate::metrics::MessagingMetrics;
 use crate::propagation::{ExtractOutcome, Extracted, Propagation};
+use crate::sampling::{DeclaredSampling, Sampling};
 use crate::semconv;
-use crate::telemetry::Sampling;
 
 pub use crate::global_tracer::refresh as refresh_global_tracer;
 
@@ -141,20 +139,15 @@ impl Instrumentation {
         }
     }
 
-    /// `parent` with the context of a `kind` span the tracer's sampler drops whatever its
+    /// `parent` with the context of a span the tracer's sampler drops whatever its kind,
     /// name, attributes and links, decided before anything is built; `None` when the span
     /// must be built and started (see `early_sampling`).
-    pub(crate) fn dropped_early(
-        &self,
-        parent: &Context,
-        kind: &SpanKind,
-        now: Instant,
-    ) -> Option<Context> {
+    pub(crate) fn dropped_early(&self, parent: &Context, now: Instant) -> Option<Context> {
         match (&self.early, &self.tracer) {
-            (Some(declared), _) => declared.dropped(parent, kind),
+            (Some(declared), _) => declared.dropped(parent),
             (None, TracerSource::Provider { .. }) => None,
             (None, TracerSource::Global) => crate::global_tracer::with_current(now, |global| {
-                global.early.as_ref()?.dropped(parent, kind)
+                global.early.as_ref()?.dropped(parent)
             }),
         }
     }
@@ -258,36 +251,43 @@ impl InstrumentationBuilder {
     }
 
     /// Declares that the tracer provider given with
-    /// [`InstrumentationBuilder::with_tracer_provider`] samples with `sampling` (the SDK
-    /// sampler [`Sampling::to_sampler`] makes). mqtrace then asks that sampler before
+    /// [`InstrumentationBuilder::with_tracer_provider`] samples with `sampling` (the SDK's
+    /// built-in sampler of that name). mqtrace then decides like that sampler before
     /// building a span, and a span it drops is started without its name, attributes or
     /// links being made: an unsampled message costs propagation and metrics, not spans.
     /// Spans it keeps are built and sampled by the provider as before.
     ///
     /// It must be the provider's own sampler: with another one, spans the provider would
-    /// keep could be dropped. [`crate::telemetry::init`] (through `Instrumentation::global()`)
-    /// and [`TelemetryGuard::instrumentation`](crate::telemetry::TelemetryGuard::instrumentation)
-    /// know it without this.
+    /// keep could be dropped. `mqtrace_telemetry::init` (through `Instrumentation::global()`)
+    /// and `mqtrace_telemetry::TelemetryGuard::instrumentation` know it without this.
     ///
     /// # Example
     ///
     /// ```
     /// use mqtrace_core::Instrumentation;
-    /// use mqtrace_core::telemetry::Sampling;
-    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use mqtrace_core::sampling::Sampling;
+    /// use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
     ///
-    /// let sampling = Sampling::ParentBasedTraceIdRatio(0.01);
     /// let provider = SdkTracerProvider::builder()
-    ///     .with_sampler(sampling.to_sampler())
+    ///     .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01))))
     ///     .build();
     /// let instrumentation = Instrumentation::builder()
     ///     .with_tracer_provider(&provider)
-    ///     .with_sampling(sampling)
+    ///     .with_sampling(Sampling::ParentBasedTraceIdRatio(0.01))
     ///     .build();
     /// # let _ = instrumentation;
     /// ```
     pub fn with_sampling(self, sampling: Sampling) -> Self {
         self.with_early_sampler(EarlySampler::new(sampling, None))
+    }
+
+    /// Like [`with_sampling`](Self::with_sampling), for as long as `declared` is in force:
+    /// once it is withdrawn (the provider shut down), every span goes through the provider.
+    pub fn with_declared_sampling(self, declared: &DeclaredSampling) -> Self {
+        self.with_early_sampler(EarlySampler::new(
+            declared.sampling(),
+            Some(declared.alive()),
+        ))
     }
 
     pub(crate) fn with_early_sampler(mut self, early: EarlySampler) -> Self {

@@ -2,6 +2,8 @@
 //!
 //! The broker-agnostic heart of mqtrace: it knows OpenTelemetry, not Kafka or RabbitMQ.
 //!
+//! - [`baggage`]: the W3C Baggage propagator, on the OpenTelemetry API alone (behaves as the
+//!   SDK's `BaggagePropagator`, but keeps `=` inside values as the specification requires).
 //! - [`batch`]: the message source/sink traits batch workers use, and the batch `process`
 //!   span that links to every message (spreading links beyond the limit over child spans).
 //! - [`carrier`]: [`HeaderSource`](carrier::HeaderSource) lets any client's headers be read as
@@ -17,8 +19,11 @@
 //!   [`ParentMode`] and [`KeyCapture`].
 //! - [`metrics`]: the semconv messaging instruments.
 //! - [`instrumentation`]: tracer + instruments + propagation, shared by a wrapper.
-//! - [`telemetry`]: one call to export traces, metrics and logs over OTLP, or to OTLP-JSON
-//!   files when no endpoint is set.
+//! - [`sampling`]: the built-in head samplers by name, so mqtrace can drop a span the
+//!   sampler would drop before building it.
+//!
+//! It depends on the OpenTelemetry API (`opentelemetry`) only: setting up an SDK pipeline
+//! (the `OTEL_*` environment, export queues, OTLP, files) is `mqtrace-telemetry`'s job.
 //!
 //! Broker crates (`mqtrace-kafka`, ...) implement [`HeaderSource`](carrier::HeaderSource) for
 //! their header types and build on the rest.
@@ -46,22 +51,22 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod baggage;
 pub mod batch;
+#[cfg(feature = "bound-instruments")]
 mod bound_metrics;
 pub mod carrier;
 pub(crate) mod early_sampling;
-mod error;
 pub mod error_type;
 mod global_tracer;
 pub mod instrumentation;
 pub mod metrics;
 pub mod propagation;
+pub mod sampling;
 pub mod semconv;
 pub mod span;
-pub mod telemetry;
 pub mod trace_context;
 
-pub use error::{Error, Result};
 pub use error_type::{ErrorType, error_type_name};
 pub use instrumentation::Instrumentation;
 pub use span::{KeyCapture, MessagingSpan, MessagingSpanBuilder, OperationType, ParentMode};

@@ -14,30 +14,19 @@ use std::sync::{Arc, OnceLock};
 use opentelemetry::Context;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+use crate::baggage::W3cBaggagePropagator;
 use crate::carrier::{
     HeaderExtractor, HeaderPolicy, HeaderSource, InjectedHeaders, InvalidHeader, InvalidReason,
 };
 use crate::trace_context::W3cTraceContextPropagator;
 
 /// mqtrace's propagators: the strict W3C Trace Context Level 2 propagator
-/// ([`W3cTraceContextPropagator`]) followed by W3C Baggage.
+/// ([`W3cTraceContextPropagator`]) followed by W3C Baggage ([`W3cBaggagePropagator`]).
 pub fn strict_w3c_propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(W3cTraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ])
-}
-
-/// The OpenTelemetry SDK's lenient `TraceContextPropagator` followed by W3C Baggage, for
-/// applications that must behave exactly like other OpenTelemetry Rust services. Install it
-/// with `opentelemetry::global::set_text_map_propagator(sdk_w3c_propagator())` after
-/// [`crate::telemetry::init`], or pin it with [`Propagation::custom`].
-pub fn sdk_w3c_propagator() -> TextMapCompositePropagator {
-    TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
+        Box::new(W3cBaggagePropagator::new()),
     ])
 }
 
@@ -48,7 +37,7 @@ pub fn default_propagator() -> &'static (dyn TextMapPropagator + Send + Sync) {
 }
 
 /// Installs [`strict_w3c_propagator`] as the global propagator, in one call.
-/// [`crate::telemetry::init`] calls this for you.
+/// `mqtrace_telemetry::init` calls this for you.
 pub fn install_default_propagator() {
     opentelemetry::global::set_text_map_propagator(strict_w3c_propagator());
 }

@@ -21,7 +21,7 @@
 //! use rdkafka::ClientConfig;
 //! use rdkafka::producer::FutureRecord;
 //!
-//! let _telemetry = mqtrace_core::telemetry::init()?;
+//! let _telemetry = mqtrace_telemetry::init()?;
 //! let mut config = ClientConfig::new();
 //! config.set("bootstrap.servers", "localhost:9092");
 //!

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use mqtrace_core::Instrumentation;
-use mqtrace_core::telemetry::Sampling;
+use mqtrace_core::sampling::Sampling;
 use mqtrace_kafka::{TracedConsumer, TracedProducer};
 use mqtrace_testkit::kafka::{KafkaFixture, unique_name};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -187,7 +187,7 @@ fn measure(sampling: Sampling) -> (f64, f64) {
                 )
                 .build(),
         )
-        .with_sampler(sampling.to_sampler())
+        .with_sampler(mqtrace_telemetry::sdk_sampler(sampling))
         .build();
     let meter_provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())

@@ -337,7 +337,7 @@ impl MessagingSpanBuilder {
         if let Some(started) = started {
             clock -= started.elapsed().unwrap_or_default();
         }
-        if let Some(cx) = instrumentation.dropped_early(parent, &kind, now) {
+        if let Some(cx) = instrumentation.dropped_early(parent, now) {
             // The sampler drops the span whatever it carries: no name or attribute list is
             // made (the vectors go back to the spares), only the metric attributes its
             // measurements need.

@@ -251,20 +251,18 @@ impl MetricKey {
     fn matches(&self, other: &MetricKey) -> bool {
         fn same(a: &Option<StringValue>, b: &Option<StringValue>) -> bool {
             match (a, b) {
-                (Some(a), Some(b)) => crate::bound_metrics::same_str(a.as_str(), b.as_str()),
+                (Some(a), Some(b)) => same_str(a.as_str(), b.as_str()),
                 (None, None) => true,
                 _ => false,
             }
         }
         let server = match (&self.server, &other.server) {
-            (Some((a, p)), Some((b, q))) => {
-                p == q && crate::bound_metrics::same_str(a.as_str(), b.as_str())
-            }
+            (Some((a, p)), Some((b, q))) => p == q && same_str(a.as_str(), b.as_str()),
             (None, None) => true,
             _ => false,
         };
-        crate::bound_metrics::same_str(self.system, other.system)
-            && crate::bound_metrics::same_str(self.operation_name, other.operation_name)
+        same_str(self.system, other.system)
+            && same_str(self.operation_name, other.operation_name)
             && server
             && same(&self.destination, &other.destination)
             && same(&self.consumer_group, &other.consumer_group)
@@ -334,4 +332,11 @@ fn shared_metric_attributes(key: MetricKey) -> Arc<[KeyValue]> {
         .flatten();
     // Without the cache (the thread is being torn down), made for this span alone.
     cached.unwrap_or_else(|| key.map_or_else(|| Arc::from([]), |key| key.attributes()))
+}
+
+/// Whether two strings are equal: by address and length first, by bytes otherwise (shared
+/// strings usually sit at the same address, which settles it without comparing bytes).
+#[inline]
+pub(crate) fn same_str(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }

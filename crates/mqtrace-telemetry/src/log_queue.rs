@@ -19,7 +19,7 @@ use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord}
 use super::export_queue::{
     BatchExport, ExportQueue, LossWarnings, QueueNames, QueueSettings, SignalCounters,
 };
-use crate::semconv;
+use mqtrace_core::semconv;
 
 /// `OTEL_BLRP_MAX_QUEUE_SIZE`'s default.
 pub(crate) const DEFAULT_LOG_QUEUE_SIZE: usize = 2048;

@@ -1,4 +1,20 @@
-//! One call to set up traces, metrics and logs from the standard OpenTelemetry environment.
+//! # mqtrace-telemetry
+//!
+//! One call to set up traces, metrics and logs from the standard OpenTelemetry environment,
+//! for services traced with mqtrace (`mqtrace-core`, `mqtrace-kafka`, `mqtrace-amqp`): the
+//! OpenTelemetry SDK, loss-counting export queues, OTLP over HTTP or gRPC, and OTLP-JSON
+//! files when no endpoint is set. The instrumentation itself depends on the OpenTelemetry
+//! API only; a service that sets up its own SDK pipeline does not need this crate.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), mqtrace_telemetry::Error> {
+//! let telemetry = mqtrace_telemetry::init()?; // OTEL_* from the environment
+//! // ... build traced producers and consumers, serve ...
+//! let stats = telemetry.shutdown(); // exports what is queued, bounded by OTEL_BSP_EXPORT_TIMEOUT
+//! eprintln!("{} spans exported, {} lost", stats.spans.exported, stats.spans.dropped());
+//! # Ok(()) }
+//! ```
+//!
 //!
 //! | variable | effect |
 //! |---|---|
@@ -29,9 +45,11 @@
 //! then is counted and told.
 
 mod config;
+mod error;
 mod export_queue;
 pub mod file;
 mod log_queue;
+mod marked_provider;
 mod metric_export;
 mod otlp_grpc;
 mod otlp_http;
@@ -43,7 +61,6 @@ mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -54,15 +71,69 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
 
-pub use config::{Destination, OtlpProtocol, Sampling, TelemetryConfig};
+pub use config::{Destination, OtlpProtocol, TelemetryConfig};
+pub use error::{Error, Result};
+pub use mqtrace_core::sampling::Sampling;
 pub use otlp_http::OtlpHttpSpanExporter;
 pub use span_queue::SpanBatchSettings;
 pub use stats::{MetricExportStats, SignalStats, TelemetryStats};
 
 use opentelemetry::metrics::MeterProvider as _;
 
-use crate::error::{Error, Result};
-use crate::semconv;
+use marked_provider::MarkedTracerProvider;
+use mqtrace_core::sampling::DeclaredSampling;
+use mqtrace_core::semconv;
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::Sampler;
+
+// mqtrace-core's bound instruments need the SDK's: without them the SDK's default binding
+// drops every bound measurement.
+const _: () = assert!(
+    !mqtrace_core::metrics::BOUND_INSTRUMENTS || cfg!(feature = "bound-instruments"),
+    "mqtrace-core's feature `bound-instruments` is on: turn on mqtrace-telemetry's too, which also turns on opentelemetry_sdk's `experimental_metrics_bound_instruments`"
+);
+
+/// The SDK sampler that `sampling` names.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_telemetry::{Sampling, sdk_sampler};
+/// use opentelemetry_sdk::trace::SdkTracerProvider;
+///
+/// let provider = SdkTracerProvider::builder()
+///     .with_sampler(sdk_sampler(Sampling::ParentBasedTraceIdRatio(0.1)))
+///     .build();
+/// # let _ = provider;
+/// ```
+pub fn sdk_sampler(sampling: Sampling) -> Sampler {
+    match sampling {
+        Sampling::AlwaysOn => Sampler::AlwaysOn,
+        Sampling::AlwaysOff => Sampler::AlwaysOff,
+        Sampling::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        Sampling::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        Sampling::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        Sampling::ParentBasedTraceIdRatio(r) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        }
+        // `Sampling` is non-exhaustive: a sampler added there and not here samples
+        // everything rather than nothing.
+        _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+    }
+}
+
+/// The OpenTelemetry SDK's lenient `TraceContextPropagator` followed by W3C Baggage, for
+/// applications that must behave exactly like other OpenTelemetry Rust services. Install it
+/// with `opentelemetry::global::set_text_map_propagator(sdk_w3c_propagator())` after
+/// [`init`], or pin it with `mqtrace_core::propagation::Propagation::custom`.
+pub fn sdk_w3c_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
 use export_queue::{LossWarnings, SignalCounters};
 use log_queue::CountingBatchLogProcessor;
 use metric_export::{CountingMetricExporter, MetricExportCounters};
@@ -78,9 +149,8 @@ pub struct TelemetryGuard {
     destination: Destination,
     accounts: Accounts,
     /// The tracer provider's sampler, which mqtrace asks before building a span
-    /// (`early_sampling`), for as long as `sampling_alive` is set: until shutdown.
-    sampling: Sampling,
-    sampling_alive: Arc<AtomicBool>,
+    /// (`mqtrace_core::sampling`), until it is withdrawn at shutdown.
+    sampling: DeclaredSampling,
 }
 
 /// The pipelines' counters, read for [`TelemetryStats`].
@@ -117,7 +187,7 @@ impl TelemetryGuard {
         self.logger_provider.as_ref()
     }
 
-    /// An [`Instrumentation`](crate::Instrumentation) with this guard's tracer and meter
+    /// An [`Instrumentation`](mqtrace_core::Instrumentation) with this guard's tracer and meter
     /// providers, for traced clients of a pipeline that is not installed globally
     /// ([`build`]). It knows the provider's sampler, so a span the sampler drops is started
     /// without building its name, attributes or links (as with [`init`] and
@@ -126,25 +196,22 @@ impl TelemetryGuard {
     /// # Example
     ///
     /// ```
-    /// use mqtrace_core::telemetry::{self, Destination, TelemetryConfig};
+    /// use mqtrace_telemetry::{Destination, TelemetryConfig};
     ///
     /// let dir = std::env::temp_dir().join("mqtrace-doc-guard-instrumentation");
-    /// let guard = telemetry::build(
+    /// let guard = mqtrace_telemetry::build(
     ///     TelemetryConfig::default().with_destination(Destination::Files { dir }),
     /// )?;
     /// let instrumentation = guard.instrumentation();
     /// # let _ = instrumentation;
-    /// # Ok::<_, mqtrace_core::Error>(())
+    /// # Ok::<_, mqtrace_telemetry::Error>(())
     /// ```
-    pub fn instrumentation(&self) -> crate::Instrumentation {
-        let mut builder = crate::Instrumentation::builder();
+    pub fn instrumentation(&self) -> mqtrace_core::Instrumentation {
+        let mut builder = mqtrace_core::Instrumentation::builder();
         if let Some(traces) = &self.tracer_provider {
-            builder = builder.with_tracer_provider(traces).with_early_sampler(
-                crate::early_sampling::EarlySampler::new(
-                    self.sampling,
-                    Some(Arc::clone(&self.sampling_alive)),
-                ),
-            );
+            builder = builder
+                .with_tracer_provider(traces)
+                .with_declared_sampling(&self.sampling);
         }
         if let Some(metrics) = &self.meter_provider {
             builder = builder.with_meter_provider(metrics);
@@ -193,7 +260,7 @@ impl TelemetryGuard {
 
     fn shutdown_pipelines(&mut self) {
         // From now on the SDK gives every span an empty context; so does mqtrace.
-        self.sampling_alive.store(false, Ordering::Relaxed);
+        self.sampling.withdraw();
         let pipelines = Pipeline::all(
             self.tracer_provider.take(),
             self.meter_provider.take(),
@@ -306,8 +373,8 @@ impl Drop for TelemetryGuard {
 /// # Example
 ///
 /// ```no_run
-/// # fn main() -> Result<(), mqtrace_core::Error> {
-/// let _telemetry = mqtrace_core::telemetry::init()?;
+/// # fn main() -> Result<(), mqtrace_telemetry::Error> {
+/// let _telemetry = mqtrace_telemetry::init()?;
 /// // ... build traced producers and consumers after this line ...
 /// # Ok(()) }
 /// ```
@@ -317,19 +384,16 @@ pub fn init() -> Result<TelemetryGuard> {
 
 /// Sets up telemetry with `config` and installs it globally.
 pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
-    crate::propagation::install_default_propagator();
+    mqtrace_core::propagation::install_default_propagator();
     let guard = build(config)?;
     if let Some(provider) = guard.tracer_provider() {
         // Marked, so that `Instrumentation::global()` knows the sampler (`early_sampling`).
-        opentelemetry::global::set_tracer_provider(
-            crate::early_sampling::MarkedTracerProvider::new(
-                provider.clone(),
-                guard.sampling,
-                Arc::clone(&guard.sampling_alive),
-            ),
-        );
+        opentelemetry::global::set_tracer_provider(MarkedTracerProvider::new(
+            provider.clone(),
+            guard.sampling.clone(),
+        ));
         // Instrumentation built before this picks the new provider up at its next span.
-        crate::global_tracer::refresh();
+        mqtrace_core::instrumentation::refresh_global_tracer();
     }
     if let Some(provider) = guard.meter_provider() {
         opentelemetry::global::set_meter_provider(provider.clone());
@@ -339,16 +403,16 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
 
 /// Sets up telemetry with `config` without installing anything globally: for processes that
 /// keep several pipelines, and for tests. Hand the providers to the traced clients with
-/// [`crate::Instrumentation::builder`].
+/// [`mqtrace_core::Instrumentation::builder`].
 ///
 /// # Example
 ///
 /// ```
 /// use mqtrace_core::Instrumentation;
-/// use mqtrace_core::telemetry::{self, Destination, TelemetryConfig};
+/// use mqtrace_telemetry::{Destination, TelemetryConfig};
 ///
 /// let dir = std::env::temp_dir().join("mqtrace-doc-build");
-/// let guard = telemetry::build(
+/// let guard = mqtrace_telemetry::build(
 ///     TelemetryConfig::default().with_destination(Destination::Files { dir }),
 /// )?;
 /// let mut instrumentation = Instrumentation::builder();
@@ -358,7 +422,7 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
 ///         .with_meter_provider(metrics);
 /// }
 /// let _instrumentation = instrumentation.build();
-/// # Ok::<_, mqtrace_core::Error>(())
+/// # Ok::<_, mqtrace_telemetry::Error>(())
 /// ```
 pub fn build(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let destination = config.destination().clone();
@@ -386,8 +450,7 @@ pub fn build(config: TelemetryConfig) -> Result<TelemetryGuard> {
         logger_provider,
         destination,
         accounts,
-        sampling: config.sampling(),
-        sampling_alive: Arc::new(AtomicBool::new(true)),
+        sampling: DeclaredSampling::new(config.sampling()),
     })
 }
 
@@ -449,7 +512,7 @@ fn providers(
             .build(),
         )
         .build();
-    let meter = meter_provider.meter_with_scope(crate::instrumentation::scope());
+    let meter = meter_provider.meter_with_scope(mqtrace_core::instrumentation::scope());
     let span_processor = CountingBatchSpanProcessor::with_warnings(
         spans,
         concurrent_spans,
@@ -460,7 +523,7 @@ fn providers(
     accounts.spans = span_processor.counters();
     let tracer_provider = SdkTracerProvider::builder()
         .with_resource(resource.clone())
-        .with_sampler(config.sampling().to_sampler())
+        .with_sampler(sdk_sampler(config.sampling()))
         .with_span_processor(span_processor)
         .build();
     let log_processor = CountingBatchLogProcessor::new(

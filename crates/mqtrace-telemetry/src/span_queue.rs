@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use super::export_queue::{
     BatchExport, ExportQueue, LossWarnings, QueueNames, QueueSettings, SignalCounters,
 };
-use crate::semconv;
+use mqtrace_core::semconv;
 
 /// Queue and batch sizes and the export time limit, read from the standard `OTEL_BSP_*`
 /// variables.

@@ -550,7 +550,7 @@ fn any_value(out: &mut Vec<u8>, value: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::otlp_json::tests::{sample_resource, sample_spans};
+    use crate::otlp_json::tests::{sample_resource, sample_spans};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;

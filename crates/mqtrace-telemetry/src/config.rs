@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opentelemetry_sdk::trace::Sampler;
+use mqtrace_core::sampling::Sampling;
 
 use super::span_queue::SpanBatchSettings;
 use crate::error::{Error, Result};
@@ -38,94 +38,34 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
-/// Head sampling, from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
-///
-/// The default is `parentbased_traceidratio` with ratio 1.0: a span follows its parent's
-/// decision (so a request sampled by its producer stays whole across the queue and the
-/// batch), and new traces are all kept. Keep it at 1.0 when a Collector tail-samples
-/// (`integration/otel-collector.yaml` keeps every error and every slow trace plus a share of
-/// the rest): a trace dropped at the head can never be rescued by an error later on. Lower the
-/// ratio only where no tail sampling runs and volume must fall.
-///
-/// # Example
-///
-/// ```
-/// use mqtrace_core::telemetry::{Sampling, TelemetryConfig};
-///
-/// let vars = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
-/// let config = TelemetryConfig::from_lookup(|name| {
-///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-/// })?;
-/// assert_eq!(config.sampling(), Sampling::ParentBasedTraceIdRatio(0.25));
-/// # Ok::<_, mqtrace_core::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub enum Sampling {
-    /// `always_on`.
-    AlwaysOn,
-    /// `always_off`.
-    AlwaysOff,
-    /// `traceidratio`: this share of traces, ignoring the parent.
-    TraceIdRatio(f64),
-    /// `parentbased_always_on`.
-    ParentBasedAlwaysOn,
-    /// `parentbased_always_off`.
-    ParentBasedAlwaysOff,
-    /// `parentbased_traceidratio` (the default, with 1.0).
-    ParentBasedTraceIdRatio(f64),
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling::ParentBasedTraceIdRatio(1.0)
-    }
-}
-
-impl Sampling {
-    /// The SDK sampler.
-    pub fn to_sampler(self) -> Sampler {
-        match self {
-            Sampling::AlwaysOn => Sampler::AlwaysOn,
-            Sampling::AlwaysOff => Sampler::AlwaysOff,
-            Sampling::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
-            Sampling::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            Sampling::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            Sampling::ParentBasedTraceIdRatio(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-            }
+/// Parses `OTEL_TRACES_SAMPLER` (`name`) with `OTEL_TRACES_SAMPLER_ARG` (`arg`).
+fn parse_sampling(name: &str, arg: Option<&str>) -> Result<Sampling> {
+    let ratio = || -> Result<f64> {
+        let Some(arg) = arg else { return Ok(1.0) };
+        match arg.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => Err(Error::InvalidEnv {
+                name: "OTEL_TRACES_SAMPLER_ARG",
+                value: arg.to_owned(),
+                expected: "a sampling ratio from 0.0 to 1.0",
+            }),
         }
-    }
-
-    /// Parses `OTEL_TRACES_SAMPLER` (`name`) with `OTEL_TRACES_SAMPLER_ARG` (`arg`).
-    fn parse(name: &str, arg: Option<&str>) -> Result<Self> {
-        let ratio = || -> Result<f64> {
-            let Some(arg) = arg else { return Ok(1.0) };
-            match arg.trim().parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(Error::InvalidEnv {
-                    name: "OTEL_TRACES_SAMPLER_ARG",
-                    value: arg.to_owned(),
-                    expected: "a sampling ratio from 0.0 to 1.0",
-                }),
-            }
-        };
-        Ok(match name.trim() {
-            "always_on" => Sampling::AlwaysOn,
-            "always_off" => Sampling::AlwaysOff,
-            "traceidratio" => Sampling::TraceIdRatio(ratio()?),
-            "parentbased_always_on" => Sampling::ParentBasedAlwaysOn,
-            "parentbased_always_off" => Sampling::ParentBasedAlwaysOff,
-            "parentbased_traceidratio" => Sampling::ParentBasedTraceIdRatio(ratio()?),
-            _ => {
-                return Err(Error::InvalidEnv {
-                    name: "OTEL_TRACES_SAMPLER",
-                    value: name.to_owned(),
-                    expected: "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
-                });
-            }
-        })
-    }
+    };
+    Ok(match name.trim() {
+        "always_on" => Sampling::AlwaysOn,
+        "always_off" => Sampling::AlwaysOff,
+        "traceidratio" => Sampling::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => Sampling::ParentBasedAlwaysOn,
+        "parentbased_always_off" => Sampling::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => Sampling::ParentBasedTraceIdRatio(ratio()?),
+        _ => {
+            return Err(Error::InvalidEnv {
+                name: "OTEL_TRACES_SAMPLER",
+                value: name.to_owned(),
+                expected: "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+            });
+        }
+    })
 }
 
 /// Settings for [`super::init`].
@@ -133,7 +73,7 @@ impl Sampling {
 /// # Example
 ///
 /// ```
-/// use mqtrace_core::telemetry::{Destination, TelemetryConfig};
+/// use mqtrace_telemetry::{Destination, TelemetryConfig};
 ///
 /// let config = TelemetryConfig::default()
 ///     .with_default_service_name("my-worker")
@@ -239,7 +179,7 @@ impl TelemetryConfig {
         }
         if let Some(sampler) = non_empty("OTEL_TRACES_SAMPLER") {
             let arg = non_empty("OTEL_TRACES_SAMPLER_ARG");
-            config.sampling = Sampling::parse(&sampler, arg.as_deref())?;
+            config.sampling = parse_sampling(&sampler, arg.as_deref())?;
         }
         let positive = |name: &'static str| -> Result<Option<u64>> {
             match non_empty(name) {
@@ -377,7 +317,29 @@ impl TelemetryConfig {
         self
     }
 
-    /// Head sampling (default: parent-based, ratio 1.0).
+    /// Head sampling, instead of `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    ///
+    /// The default is `parentbased_traceidratio` with ratio 1.0: a span follows its parent's
+    /// decision (so a request sampled by its producer stays whole across the queue and the
+    /// batch), and new traces are all kept. Keep it at 1.0 when a Collector tail-samples
+    /// (`integration/otel-collector.yaml` keeps every error and every slow trace plus a share
+    /// of the rest): a trace dropped at the head can never be rescued by an error later on.
+    /// Lower the ratio only where no tail sampling runs and volume must fall.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqtrace_telemetry::{Sampling, TelemetryConfig};
+    ///
+    /// let vars = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
+    /// let config = TelemetryConfig::from_lookup(|name| {
+    ///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    /// })?;
+    /// assert_eq!(config.sampling(), Sampling::ParentBasedTraceIdRatio(0.25));
+    /// let config = config.with_sampling(Sampling::AlwaysOn);
+    /// assert_eq!(config.sampling(), Sampling::AlwaysOn);
+    /// # Ok::<_, mqtrace_telemetry::Error>(())
+    /// ```
     pub fn with_sampling(mut self, sampling: Sampling) -> Self {
         self.sampling = sampling;
         self

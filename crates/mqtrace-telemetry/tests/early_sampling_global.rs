@@ -1,5 +1,5 @@
 //! The global tracer provider, followed: an `Instrumentation::global()` built before any
-//! provider is installed traces once one is; `telemetry::init`'s provider tells its sampler
+//! provider is installed traces once one is; `mqtrace_telemetry::init`'s provider tells its sampler
 //! (early sampling); a provider installed by anyone else is followed too (at once after
 //! `refresh_global_tracer`, else within a second) and tells nothing; shutdown ends early
 //! decisions.
@@ -11,7 +11,7 @@ use std::time::Duration;
 use mqtrace_core::Instrumentation;
 use mqtrace_core::instrumentation::refresh_global_tracer;
 use mqtrace_core::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
-use mqtrace_core::telemetry::{self, Destination, Sampling, TelemetryConfig};
+use mqtrace_telemetry::{Destination, Sampling, TelemetryConfig};
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
@@ -55,7 +55,7 @@ fn the_global_provider_is_followed_and_its_sampler_decides_early_until_shutdown(
     before.end();
 
     let dir = std::env::temp_dir().join(format!("mqtrace-early-sampling-{}", std::process::id()));
-    let guard = telemetry::init_with(
+    let guard = mqtrace_telemetry::init_with(
         TelemetryConfig::default()
             .with_destination(Destination::Files { dir: dir.clone() })
             .with_sampling(Sampling::ParentBasedAlwaysOff),

@@ -4,10 +4,10 @@
 //! # Example
 //!
 //! ```
-//! use mqtrace_core::telemetry::{self, Destination, TelemetryConfig};
+//! use mqtrace_telemetry::{Destination, TelemetryConfig};
 //!
 //! let dir = std::env::temp_dir().join("mqtrace-doc-stats");
-//! let telemetry = telemetry::build(
+//! let telemetry = mqtrace_telemetry::build(
 //!     TelemetryConfig::default().with_destination(Destination::Files { dir }),
 //! )?;
 //! // ... traced work ...
@@ -16,7 +16,7 @@
 //! if let Some(warning) = stats.loss_warning() {
 //!     eprintln!("{warning}");
 //! }
-//! # Ok::<_, mqtrace_core::Error>(())
+//! # Ok::<_, mqtrace_telemetry::Error>(())
 //! ```
 
 use std::fmt::Write as _;

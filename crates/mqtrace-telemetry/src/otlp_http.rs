@@ -46,12 +46,12 @@ const ERROR_BODY_BYTES: usize = 512;
 ///
 /// ```
 /// use std::time::Duration;
-/// use mqtrace_core::telemetry::OtlpHttpSpanExporter;
+/// use mqtrace_telemetry::OtlpHttpSpanExporter;
 ///
 /// let exporter =
 ///     OtlpHttpSpanExporter::new("http://localhost:4318/v1/traces", Duration::from_secs(5))?;
 /// # drop(exporter);
-/// # Ok::<_, mqtrace_core::Error>(())
+/// # Ok::<_, mqtrace_telemetry::Error>(())
 /// ```
 pub struct OtlpHttpSpanExporter {
     url: String,
@@ -242,7 +242,7 @@ fn percent_decode(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::otlp_json::tests::{sample_resource, sample_spans};
+    use crate::otlp_json::tests::{sample_resource, sample_spans};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message as _;
     use std::io::{BufRead, BufReader, Read, Write};
