@@ -888,3 +888,73 @@ async fn a_detached_message_is_processed_and_committed_on_another_task() {
         .offset();
     assert_eq!(next, mqtrace::kafka::rdkafka::Offset::Offset(1));
 }
+
+/// The rdkafka calls the wrappers pass through behave as rdkafka's, trace nothing, and fail
+/// with `Error::Client` naming the call.
+#[tokio::test]
+async fn client_calls_pass_through_without_inner() {
+    use mqtrace::kafka::Error;
+    use mqtrace::kafka::rdkafka::consumer::CommitMode;
+    use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
+
+    let h = Harness::new("calls").await;
+    let producer = h.producer();
+    for _ in 0..3 {
+        h.send_root(&producer).await;
+    }
+    producer.flush(TIMEOUT).expect("flush");
+    assert_eq!(producer.in_flight_count(), 0);
+
+    let consumer = h.consumer(); // assigned to partition 0 from the beginning
+    let assigned = consumer.assignment().expect("assignment");
+    assert_eq!(assigned.count(), 1);
+    assert_eq!(
+        consumer
+            .fetch_watermarks(&h.topic, 0, TIMEOUT)
+            .expect("watermarks"),
+        (0, 3)
+    );
+    let metadata = consumer
+        .fetch_metadata(Some(&h.topic), TIMEOUT)
+        .expect("metadata");
+    assert_eq!(metadata.topics()[0].partitions().len(), 1);
+
+    assert_eq!(recv(&consumer).await.offset(), 0);
+    assert_eq!(recv(&consumer).await.offset(), 1);
+    // Back to the first message: the next one read is offset 0 again.
+    consumer
+        .seek(&h.topic, 0, Offset::Offset(0), TIMEOUT)
+        .expect("seek");
+    assert_eq!(recv(&consumer).await.offset(), 0);
+
+    consumer.pause(&assigned).expect("pause");
+    consumer.resume(&assigned).expect("resume");
+    assert_eq!(recv(&consumer).await.offset(), 1);
+
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&h.topic, 0, Offset::Offset(2))
+        .expect("offset");
+    consumer.commit(&offsets, CommitMode::Sync).expect("commit");
+    let committed = consumer.committed(TIMEOUT).expect("committed");
+    assert_eq!(
+        committed.find_partition(&h.topic, 0).map(|p| p.offset()),
+        Some(Offset::Offset(2))
+    );
+    let position = consumer.position().expect("position");
+    assert_eq!(position.count(), 1);
+
+    // A partition that is not assigned cannot be sought: the error names the call.
+    match consumer.seek("not-assigned", 0, Offset::Offset(0), TIMEOUT) {
+        Err(Error::Client { operation, .. }) => assert_eq!(operation, "seek"),
+        other => panic!("seek of an unassigned partition: {other:?}"),
+    }
+    consumer.unassign().expect("unassign");
+    assert_eq!(consumer.assignment().expect("assignment").count(), 0);
+
+    // Only the three sends made spans (receiving alone makes none, nor do the calls).
+    let spans = h.capture.spans();
+    let names: Vec<String> = spans.all().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("send ")), "{names:?}");
+}

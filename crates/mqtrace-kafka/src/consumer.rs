@@ -260,7 +260,8 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
         self
     }
 
-    /// The wrapped consumer, for everything mqtrace does not wrap (assign, seek, pause...).
+    /// The wrapped consumer, for everything mqtrace does not pass through (the common calls
+    /// are methods of this type: `assign`, `seek`, `pause`, `commit`...).
     pub fn inner(&self) -> &StreamConsumer<C> {
         &self.inner
     }

@@ -55,6 +55,16 @@ pub enum Error {
         #[source]
         source: KafkaError,
     },
+    /// A client call passed through to rdkafka failed (`flush`, `assign`, `seek`, `pause`,
+    /// `commit`...; see the wrappers' methods of those names).
+    #[error("Kafka {operation} failed: {source}")]
+    Client {
+        /// The call, as rdkafka names it.
+        operation: &'static str,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
     /// Subscribing to topics failed.
     #[error("subscribing to {topics:?} failed: {source}")]
     Subscribe {

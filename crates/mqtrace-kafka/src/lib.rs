@@ -40,6 +40,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod batch;
+mod client_calls;
 mod client_config;
 pub mod consumer;
 mod error;

@@ -143,7 +143,8 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
         self
     }
 
-    /// The wrapped producer, for everything mqtrace does not wrap (flush, transactions...).
+    /// The wrapped producer, for everything mqtrace does not pass through (transactions,
+    /// purge...; `flush` and `in_flight_count` are methods of this type).
     pub fn inner(&self) -> &FutureProducer<C> {
         &self.inner
     }
