@@ -535,3 +535,101 @@ async fn random_flag_survives_unsampled_and_sampled_hops() {
         &[format!("process {}", h.queue), format!("send {out_queue}")],
     );
 }
+
+/// The consumer is a `futures::Stream` of traced deliveries, as lapin's is one of deliveries:
+/// stream combinators see every delivery with its producer's context.
+#[tokio::test]
+async fn the_consumer_is_a_stream_of_traced_deliveries() {
+    use futures::StreamExt as _;
+
+    let h = AmqpHarness::new("stream").await;
+    let publisher = h.publisher().await;
+    let consumer = h.consumer().await;
+    for _ in 0..3 {
+        publish_root(&h, &publisher).await;
+    }
+    let deliveries: Vec<_> = tokio::time::timeout(common::TIMEOUT, consumer.take(3).collect())
+        .await
+        .expect("three deliveries in time");
+    assert_eq!(deliveries.len(), 3);
+    let mut producers = std::collections::HashSet::new();
+    for delivery in deliveries {
+        let delivery = delivery.expect("delivery");
+        assert_eq!(delivery.extracted().outcome, ExtractOutcome::Found);
+        producers.insert(
+            delivery
+                .extracted()
+                .remote_span_context()
+                .map(|sc| sc.trace_id()),
+        );
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    assert_eq!(
+        producers.len(),
+        3,
+        "each delivery carries its own producer's context"
+    );
+}
+
+/// `begin_publish` returns once the broker has the message, like lapin's `basic_publish`:
+/// many messages are in flight on one channel, each send span ends at its own confirm, and
+/// a confirm dropped unawaited leaves the message published and its span `cancelled`.
+#[tokio::test]
+async fn publishes_can_be_pipelined_and_confirmed_later() {
+    let h = AmqpHarness::new("pipelined").await;
+    let publisher = h.publisher().await;
+    let mut consumer = h.consumer().await;
+    let tracer = h.capture.tracer_provider().tracer("test");
+    let cx = Context::current_with_span(tracer.start("batch.request"));
+    let _attached = cx.clone().attach();
+
+    let mut pending = Vec::new();
+    for n in 0..20 {
+        let body = format!("request {n}");
+        pending.push(
+            publisher
+                .begin_publish(
+                    "",
+                    &h.queue,
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("published"),
+        );
+    }
+    let dropped = pending.pop().expect("twenty");
+    drop(dropped);
+    for confirm in pending {
+        assert_eq!(confirm.await.expect("confirmed"), Published::Confirmed);
+    }
+    for _ in 0..20 {
+        let delivery = next(&mut consumer).await;
+        assert_eq!(delivery.extracted().outcome, ExtractOutcome::Found);
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    cx.span().end();
+
+    let spans = h.capture.spans();
+    let request = spans.one("batch.request");
+    let sends: Vec<_> = spans
+        .all()
+        .iter()
+        .filter(|s| s.name == format!("send {}", h.queue))
+        .collect();
+    assert_eq!(sends.len(), 20);
+    assert!(
+        sends
+            .iter()
+            .all(|s| s.parent_span_id == request.span_context.span_id())
+    );
+    let cancelled = sends
+        .iter()
+        .filter(|s| matches!(s.status, Status::Error { .. }))
+        .count();
+    assert_eq!(
+        cancelled, 1,
+        "the dropped confirm's span, and only it, ends cancelled"
+    );
+}

@@ -2,8 +2,10 @@
 //! handlers run inside CONSUMER `process {destination}` spans and traced settlement.
 
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
-use futures::StreamExt;
+use futures::Stream;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use mqtrace_core::propagation::{ExtractOutcome, Extracted};
@@ -214,6 +216,21 @@ pub struct TracedConsumer {
     server: Option<(String, i64)>,
 }
 
+/// Traced deliveries as they arrive, like lapin's `Consumer` stream: each extracted and
+/// counted as it is taken. Cancel-safe (lapin buffers deliveries); ends when the consumer
+/// is cancelled.
+impl Stream for TracedConsumer {
+    type Item = Result<TracedDelivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(delivered)) => Poll::Ready(Some(self.traced(delivered))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl fmt::Debug for TracedConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TracedConsumer")
@@ -266,17 +283,19 @@ impl TracedConsumer {
     }
 
     /// The next delivery, or `None` when the consumer was cancelled. Cancel-safe: lapin
-    /// buffers deliveries, so dropping this future loses none.
+    /// buffers deliveries, so dropping this future loses none. The same as
+    /// `StreamExt::next` on this consumer, which is a `Stream` of traced deliveries as lapin's
+    /// consumer is one of deliveries.
     pub async fn next(&mut self) -> Option<Result<TracedDelivery>> {
-        let delivery = match self.inner.next().await? {
-            Ok(delivery) => delivery,
-            Err(source) => {
-                return Some(Err(Error::Consume {
-                    queue: self.queue.clone(),
-                    source,
-                }));
-            }
-        };
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// `delivered` (one item of lapin's consumer stream) with its producer's context.
+    fn traced(&self, delivered: lapin::Result<Delivery>) -> Result<TracedDelivery> {
+        let delivery = delivered.map_err(|source| Error::Consume {
+            queue: self.queue.clone(),
+            source,
+        })?;
         let extracted = match delivery.properties.headers() {
             Some(headers) => self.instrumentation.extract(SYSTEM, &AmqpHeaders(headers)),
             None => Extracted {
@@ -300,14 +319,14 @@ impl TracedConsumer {
             ],
             1,
         );
-        Some(Ok(TracedDelivery {
+        Ok(TracedDelivery {
             delivery,
             extracted,
             destination,
             instrumentation: self.instrumentation.clone(),
             server: self.server.clone(),
             parent_mode: self.parent_mode,
-        }))
+        })
     }
 
     /// Starts the CONSUMER `process {destination}` span for `delivery` without running

@@ -49,12 +49,14 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod batch;
+mod confirm;
 pub mod consumer;
 pub mod destination;
 mod error;
 pub mod headers;
 pub mod publisher;
 
+pub use confirm::PendingConfirm;
 pub use consumer::{TracedConsumer, TracedDelivery};
 pub use error::{Error, Result, error_type};
 pub use publisher::{Published, Target, TracedPublisher, Unconfirmed};

@@ -2,17 +2,19 @@
 //! PRODUCER `send {destination}` span per message; [`Unconfirmed`]: a publish the broker never
 //! confirmed, handed back in the error so that it can be republished in the same trace.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{Instrumentation, MessagingSpan, MessagingSpanBuilder, OperationType};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY;
 
+use crate::confirm::{PendingConfirm, Sent};
 use crate::destination::publish_destination;
 use crate::error::{Error, Result, error_type};
 use crate::headers::merge_injected;
@@ -93,15 +95,15 @@ pub enum Published {
 /// # Ok(()) }
 /// ```
 pub struct Unconfirmed {
-    exchange: String,
-    routing_key: String,
-    options: BasicPublishOptions,
-    payload: Vec<u8>,
-    properties: BasicProperties,
-    extras: SpanExtras,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) options: BasicPublishOptions,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+    pub(crate) extras: SpanExtras,
     /// The failed send span, active in its parent's context (baggage included).
-    attempt: Context,
-    resend_count: u32,
+    pub(crate) attempt: Context,
+    pub(crate) resend_count: u32,
 }
 
 impl fmt::Debug for Unconfirmed {
@@ -442,6 +444,66 @@ impl TracedPublisher {
     }
 
     async fn publish_attempt(&self, attempt: Attempt<'_>, parent: &Context) -> Result<Published> {
+        self.send_attempt(attempt, parent).await?.confirmed().await
+    }
+
+    /// Publishes `payload` as a child of the caller's current context and returns once the
+    /// broker has it, before its confirm: awaiting the returned [`PendingConfirm`] gives what
+    /// [`TracedPublisher::publish`] gives, and ends the send span. As lapin's
+    /// `basic_publish` returns its `PublisherConfirm`, so that many messages can be in
+    /// flight at once on one channel.
+    ///
+    /// The message is kept (payload and properties copied) until its confirm, to hand it back
+    /// in [`Error::Nacked`] or [`Error::Publish`]. Dropping the `PendingConfirm` leaves the
+    /// message published; its send span then ends as `cancelled`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: mqtrace_amqp::TracedPublisher) -> Result<(), Box<dyn std::error::Error>> {
+    /// use lapin::BasicProperties;
+    /// use lapin::options::BasicPublishOptions;
+    ///
+    /// let mut pending = Vec::new();
+    /// for n in 0..100 {
+    ///     let body = format!("request {n}");
+    ///     pending.push(
+    ///         publisher
+    ///             .begin_publish("", "requests", BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
+    ///             .await?,
+    ///     );
+    /// }
+    /// for confirm in pending {
+    ///     confirm.await?; // Confirmed, or Nacked with the message handed back
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: BasicPublishOptions,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm> {
+        let attempt = Attempt {
+            target: Target {
+                exchange,
+                routing_key,
+            },
+            options,
+            payload,
+            properties,
+            extras: SpanExtras::default(),
+            resend_count: 0,
+        };
+        let parent = Context::current();
+        let sent = self.send_attempt(attempt, &parent).await?;
+        Ok(PendingConfirm::new(sent.into_owned()))
+    }
+
+    /// Starts the send span and publishes, up to the broker's confirm.
+    async fn send_attempt<'a>(&self, attempt: Attempt<'a>, parent: &Context) -> Result<Sent<'a>> {
         let Attempt {
             target,
             options,
@@ -531,37 +593,18 @@ impl TracedPublisher {
             Ok(confirm) => confirm,
             Err(source) => return Err(failed(span, source)),
         };
-        match confirm.await {
-            Err(source) => Err(failed(span, source)),
-            Ok(Confirmation::NotRequested) => {
-                span.end();
-                Ok(Published::Sent)
-            }
-            Ok(Confirmation::Ack(None)) => {
-                span.end();
-                Ok(Published::Confirmed)
-            }
-            Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                let reply_text = returned.reply_text.as_str().to_owned();
-                span.end_with_error(
-                    "returned",
-                    format!("message returned: {} {reply_text}", returned.reply_code),
-                );
-                Err(Error::Returned {
-                    destination,
-                    reply_code: returned.reply_code,
-                    reply_text,
-                })
-            }
-            Ok(Confirmation::Nack(None)) => Err(Error::Nacked {
-                message: unconfirmed(
-                    span,
-                    "nack".to_owned(),
-                    "the broker nacked the message".to_owned(),
-                ),
-                destination,
-            }),
-        }
+        Ok(Sent {
+            span,
+            confirm,
+            destination,
+            exchange: Cow::Borrowed(exchange),
+            routing_key: Cow::Borrowed(routing_key),
+            options,
+            payload: Cow::Borrowed(payload),
+            properties: kept_properties,
+            extras: kept_extras,
+            resend_count,
+        })
     }
 }
 
