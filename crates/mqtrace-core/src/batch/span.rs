@@ -1,28 +1,14 @@
-//! Batches: the traits a batch worker takes messages through and sends them with, and the
-//! batch `process` span that links to every message it covers.
-//!
-//! - [`InboundMessage`]: what a batch needs to know about one consumed message (its
-//!   extracted context, payload, identity for the link).
-//! - [`MessageSource`]: a cancel-safe stream of inbound messages that can settle (commit or
-//!   acknowledge) a processed batch. `mqtrace-kafka` and `mqtrace-amqp` implement it for
-//!   their traced consumers, so a worker is written once for both brokers.
-//! - [`MessageSink`]: sends a message as a child of a given context, its `send` span linked
-//!   to other spans, resolving once the broker confirmed it.
-//! - [`BatchSpanBuilder`]: starts the CONSUMER `process {destination}` span of a batch. Every
-//!   message with a usable context is linked, carrying its identity; links beyond the span
-//!   link limit go onto INTERNAL `batch.links` child spans, so no message of a large batch is
-//!   unreachable from it.
+//! The batch `process` span: [`BatchSpanBuilder`] links it to every message, spreading
+//! links beyond the span link limit over `batch.links` child spans.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use opentelemetry::trace::{Link, Span as _, SpanKind, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
 
+use super::InboundMessage;
 use crate::instrumentation::Instrumentation;
-use crate::propagation::Extracted;
 use crate::semconv;
 use crate::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
 
@@ -49,174 +35,6 @@ pub fn link_limit_from_env() -> usize {
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(DEFAULT_LINK_LIMIT)
-}
-
-/// One consumed message, as a batch worker sees it.
-pub trait InboundMessage: Send + Sync {
-    /// The producer's context extracted from the headers, and whether it was usable.
-    fn extracted(&self) -> &Extracted;
-
-    /// The message body.
-    fn payload(&self) -> &[u8];
-
-    /// The message key, when the broker has one (Kafka).
-    fn key(&self) -> Option<&[u8]>;
-
-    /// Where the message was consumed from (topic, or AMQP `{exchange}:{routing key}:{queue}`).
-    fn destination(&self) -> &str;
-
-    /// When the broker received the message, when it says (queue wait starts here).
-    fn enqueued_at(&self) -> Option<SystemTime>;
-
-    /// The application's message id, when the message carries one.
-    fn message_id(&self) -> Option<&str>;
-
-    /// Attributes identifying the message within its destination: partition and offset, or
-    /// delivery tag; plus the message id when present. Recorded on links to it.
-    fn identity(&self) -> Vec<KeyValue>;
-
-    /// A link to the producer's span carrying [`InboundMessage::identity`], or `None` when
-    /// the message had no usable context.
-    fn link(&self) -> Option<Link> {
-        self.extracted()
-            .remote_span_context()
-            .map(|span_context| Link::new(span_context, self.identity(), 0))
-    }
-}
-
-/// A stream of consumed messages that can settle what was processed.
-///
-/// Implementations must make [`MessageSource::next_message`] cancel-safe: a batch collector
-/// races it against a timer, and a message must never be lost when the timer wins.
-pub trait MessageSource: Send {
-    /// The messages this source yields.
-    type Message: InboundMessage + 'static;
-    /// What receiving or settling can fail with.
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// `messaging.system` of the broker behind the source.
-    fn system(&self) -> &'static str;
-
-    /// `messaging.consumer.group.name`, when the broker has consumer groups.
-    fn consumer_group(&self) -> Option<&str> {
-        None
-    }
-
-    /// `messaging.client.id`: which client this is (Kafka's `client.id`), so that the batch
-    /// spans of several workers in one group can be told apart.
-    fn client_id(&self) -> Option<&str> {
-        None
-    }
-
-    /// The next message, or `None` when the source has ended. Cancel-safe.
-    fn next_message(
-        &mut self,
-    ) -> impl Future<Output = Option<Result<Self::Message, Self::Error>>> + Send;
-
-    /// Settles a processed batch (commits its offsets, acknowledges its deliveries). Call it
-    /// only once everything the batch produced is confirmed: that is what makes processing
-    /// at-least-once. Settle spans are children of `parent`.
-    fn settle(
-        &mut self,
-        messages: &[Self::Message],
-        parent: &Context,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-}
-
-/// A message to send through a [`MessageSink`].
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct Outgoing<'a> {
-    /// Topic (Kafka) or routing key on the default exchange, i.e. the queue (AMQP).
-    pub destination: &'a str,
-    /// Message key (Kafka partitioning); ignored by brokers without keys.
-    pub key: Option<&'a [u8]>,
-    /// The body.
-    pub payload: &'a [u8],
-    /// Application headers to send along (trace headers are added by the sink).
-    pub headers: &'a [(&'a str, &'a [u8])],
-    /// Message id, where the broker has a property for it (AMQP `message_id`).
-    pub message_id: Option<&'a str>,
-    /// Extra attributes for the send span (low-cardinality: a decision, a bucket).
-    pub span_attributes: &'a [KeyValue],
-}
-
-impl<'a> Outgoing<'a> {
-    /// A message with a destination and a body, nothing else.
-    pub fn new(destination: &'a str, payload: &'a [u8]) -> Self {
-        Self {
-            destination,
-            key: None,
-            payload,
-            headers: &[],
-            message_id: None,
-            span_attributes: &[],
-        }
-    }
-
-    /// Sets extra send-span attributes.
-    pub fn with_span_attributes(mut self, attributes: &'a [KeyValue]) -> Self {
-        self.span_attributes = attributes;
-        self
-    }
-
-    /// Sets the key.
-    pub fn with_key(mut self, key: Option<&'a [u8]>) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// Sets application headers.
-    pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
-        self.headers = headers;
-        self
-    }
-
-    /// Sets the message id.
-    pub fn with_message_id(mut self, message_id: Option<&'a str>) -> Self {
-        self.message_id = message_id;
-        self
-    }
-}
-
-/// What a failed send means for sending the same message again.
-///
-/// A batch worker retries a [`SendFailure::Transient`] failure with backoff, and stops
-/// retrying at once on [`SendFailure::Rejected`]: a dead letter the broker rejects as too
-/// large, for one, is sent again in a truncated form instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendFailure {
-    /// The broker may take the message later (it is down, slow, or its queue is full):
-    /// sending it again can succeed.
-    Transient,
-    /// The broker refuses this message for good (too large, invalid, not authorized, no such
-    /// destination): sending it again fails the same way.
-    Rejected,
-}
-
-/// Sends messages with a traced `send` span per message.
-pub trait MessageSink: Send + Sync {
-    /// What sending can fail with.
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// Whether sending a message again after `error` could succeed. The default treats every
-    /// failure as [`SendFailure::Transient`] (retried, with a bounded number of attempts);
-    /// sinks that can tell a message the broker refuses for good say
-    /// [`SendFailure::Rejected`]. Wrappers should forward to the sink they wrap.
-    fn classify(&self, error: &Self::Error) -> SendFailure {
-        let _ = error;
-        SendFailure::Transient
-    }
-
-    /// Sends `message` as a child of `parent`; its send span also links to `links`. Resolves
-    /// once the broker confirmed the message (delivery report, publisher confirm).
-    fn send(
-        &self,
-        message: Outgoing<'_>,
-        parent: &Context,
-        links: Vec<Link>,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Starts a batch's CONSUMER `process {destination}` span, linked to every message.
@@ -469,11 +287,12 @@ impl BatchSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::propagation::ExtractOutcome;
+    use crate::propagation::{ExtractOutcome, Extracted};
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use std::time::SystemTime;
 
     struct Message {
         extracted: Extracted,
