@@ -544,13 +544,14 @@ async fn the_consumer_is_a_stream_of_traced_deliveries() {
 
     let h = AmqpHarness::new("stream").await;
     let publisher = h.publisher().await;
-    let consumer = h.consumer().await;
+    let mut consumer = h.consumer().await;
     for _ in 0..3 {
         publish_root(&h, &publisher).await;
     }
-    let deliveries: Vec<_> = tokio::time::timeout(common::TIMEOUT, consumer.take(3).collect())
-        .await
-        .expect("three deliveries in time");
+    let deliveries: Vec<_> =
+        tokio::time::timeout(common::TIMEOUT, (&mut consumer).take(3).collect())
+            .await
+            .expect("three deliveries in time");
     assert_eq!(deliveries.len(), 3);
     let mut producers = std::collections::HashSet::new();
     for delivery in deliveries {
