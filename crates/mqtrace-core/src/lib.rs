@@ -61,12 +61,9 @@ pub mod error_type;
 mod global_tracer;
 pub mod instrumentation;
 pub mod metrics;
-#[cfg(not(feature = "bound-instruments"))]
-mod observed_counter;
 pub mod propagation;
 pub mod sampling;
 pub mod semconv;
-mod series_cache;
 pub mod span;
 pub mod trace_context;
 

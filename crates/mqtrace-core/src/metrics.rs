@@ -22,44 +22,13 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::{KeyValue, StringValue};
 
 #[cfg(feature = "bound-instruments")]
-use crate::bound_metrics;
+use crate::bound_metrics::{self, InstrumentId};
 use crate::carrier::InvalidReason;
-#[cfg(not(feature = "bound-instruments"))]
-use crate::observed_counter::ObservedCounter;
 use crate::semconv;
-use crate::series_cache::InstrumentId;
 #[cfg(not(feature = "bound-instruments"))]
 use unbound as bound_metrics;
-
-/// The message counters: bound (feature `bound-instruments`) or observed (the stable API).
-#[cfg(feature = "bound-instruments")]
-type MessageCounter = Counter<u64>;
 #[cfg(not(feature = "bound-instruments"))]
-type MessageCounter = ObservedCounter;
-
-#[cfg(feature = "bound-instruments")]
-fn message_counter(
-    meter: &Meter,
-    name: &'static str,
-    unit: &'static str,
-    description: &'static str,
-) -> MessageCounter {
-    meter
-        .u64_counter(name)
-        .with_unit(unit)
-        .with_description(description)
-        .build()
-}
-
-#[cfg(not(feature = "bound-instruments"))]
-fn message_counter(
-    meter: &Meter,
-    name: &'static str,
-    unit: &'static str,
-    description: &'static str,
-) -> MessageCounter {
-    ObservedCounter::new(meter, name, unit, description)
-}
+use unbound::InstrumentId;
 
 /// Whether this build records through bound instruments (mqtrace-core's feature
 /// `bound-instruments`), which the SDK must support too.
@@ -89,8 +58,8 @@ const PROCESS_DURATION: u8 = 3;
 pub struct MessagingMetrics {
     owner: u64,
     operation_duration: Histogram<f64>,
-    sent_messages: MessageCounter,
-    consumed_messages: MessageCounter,
+    sent_messages: Counter<u64>,
+    consumed_messages: Counter<u64>,
     process_duration: Histogram<f64>,
     propagation_invalid: Counter<u64>,
 }
@@ -106,18 +75,16 @@ impl MessagingMetrics {
                 .with_description("Duration of messaging operation initiated by a producer or consumer client.")
                 .with_boundaries(semconv::DURATION_BUCKETS_SECONDS.to_vec())
                 .build(),
-            sent_messages: message_counter(
-                meter,
-                semconv::MESSAGING_CLIENT_SENT_MESSAGES,
-                "{message}",
-                "Number of messages producer attempted to send to the broker.",
-            ),
-            consumed_messages: message_counter(
-                meter,
-                semconv::MESSAGING_CLIENT_CONSUMED_MESSAGES,
-                "{message}",
-                "Number of messages that were delivered to the application.",
-            ),
+            sent_messages: meter
+                .u64_counter(semconv::MESSAGING_CLIENT_SENT_MESSAGES)
+                .with_unit("{message}")
+                .with_description("Number of messages producer attempted to send to the broker.")
+                .build(),
+            consumed_messages: meter
+                .u64_counter(semconv::MESSAGING_CLIENT_CONSUMED_MESSAGES)
+                .with_unit("{message}")
+                .with_description("Number of messages that were delivered to the application.")
+                .build(),
             process_duration: meter
                 .f64_histogram(semconv::MESSAGING_PROCESS_DURATION)
                 .with_unit("s")
@@ -265,27 +232,31 @@ impl MessagingMetrics {
     }
 }
 
-/// Without the feature `bound-instruments`: the message counters are observed counters
-/// (`observed_counter`), the histograms recorded directly, under the same calls as the bound
-/// cache's.
+/// Without the feature `bound-instruments`: measurements go to the instruments directly,
+/// under the same calls as the bound cache's.
 #[cfg(not(feature = "bound-instruments"))]
 mod unbound {
     use std::sync::Arc;
 
     use opentelemetry::KeyValue;
-    use opentelemetry::metrics::Histogram;
+    use opentelemetry::metrics::{Counter, Histogram};
 
-    use crate::observed_counter::ObservedCounter;
-    use crate::series_cache::InstrumentId;
+    /// Unused without the cache, kept so both builds read the same.
+    #[derive(Debug, Clone, Copy)]
+    #[allow(dead_code)]
+    pub(super) struct InstrumentId {
+        pub(super) owner: u64,
+        pub(super) slot: u8,
+    }
 
     pub(super) fn add(
-        instrument: InstrumentId,
-        counter: &ObservedCounter,
+        _: InstrumentId,
+        counter: &Counter<u64>,
         value: u64,
         attributes: &[KeyValue],
-        shared: Option<&Arc<[KeyValue]>>,
+        _: Option<&Arc<[KeyValue]>>,
     ) {
-        counter.add(instrument, value, attributes, shared);
+        counter.add(value, attributes);
     }
 
     pub(super) fn record(
@@ -370,9 +341,11 @@ mod tests {
                 metrics.record_sent(&attributes("hot"), 1);
             }
         }
-        const { assert!(crate::series_cache::CACHE_SIZE < 40) };
         #[cfg(feature = "bound-instruments")]
-        assert!(bound_metrics::cached() <= crate::series_cache::CACHE_SIZE);
+        {
+            const { assert!(bound_metrics::CACHE_SIZE < 40) };
+            assert!(bound_metrics::cached() <= bound_metrics::CACHE_SIZE);
+        }
         provider.force_flush().expect("flush");
 
         let sent = points(&exporter, semconv::MESSAGING_CLIENT_SENT_MESSAGES);

@@ -20,6 +20,7 @@ pub(crate) use messaging_span::keeping_random;
 pub use messaging_span::{MessagingSpan, with_span_keeping_random};
 pub use operation::{OperationType, ParentMode};
 pub use server::parse_server;
+#[cfg(feature = "bound-instruments")]
 pub(crate) use shared_strings::same_str;
 pub(crate) use shared_strings::shared_attributes;
 pub use shared_strings::{attribute_string, destination_name, partition_id};
