@@ -90,8 +90,9 @@ fn the_migration_is_small_and_changes_no_public_signature() {
 /// Runs one version's service on an embedded Kafka, recording spans in memory (as the
 /// examples' `main` does), and returns them.
 async fn serve_orders(traced: bool) -> Vec<SpanData> {
-    // A broker of its own: the topic names are the service's.
-    let kafka = KafkaFixture::start().expect("Kafka");
+    // A broker of its own, embedded even where the suite runs against an external one: the
+    // topic names are the service's, and each run must start on empty topics.
+    let kafka = KafkaFixture::embedded(1).expect("Kafka");
     kafka.create_named_topic("orders", 1).await.expect("topic");
     kafka
         .create_named_topic("confirmations", 1)

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::join_all;
 use mqtrace_core::batch::{
     BatchSpanBuilder, InboundMessage, LinkAttributes, MessageSink, MessageSource, Outgoing,
-    SendFailure,
+    ReceiveFailure, SendFailure,
 };
 use mqtrace_core::{Instrumentation, MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::context::FutureExt;
@@ -89,6 +89,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// A truncated dead letter keeps the request's key only up to this size.
 const TRUNCATED_KEY_LIMIT: usize = 1024;
+
+/// How long a worker pauses after a transient receive error before receiving again (the
+/// client reconnects meanwhile; librdkafka reports a broker outage about once a second).
+pub const RECEIVE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How the worker batches, replies and dead-letters.
 #[derive(Debug, Clone)]
@@ -196,6 +200,9 @@ pub struct WorkerStats {
     /// Batches whose replies were all sent but whose commit or ack failed; they will be
     /// delivered again (to this worker or the one that owns them now).
     pub settle_failures: u64,
+    /// Transient receive errors the worker rode out (a broker restarting, a connection
+    /// dropped: [`ReceiveFailure::Transient`]); a fatal one stops it.
+    pub receive_errors: u64,
 }
 
 /// Why a worker stopped. Its current batch was not settled, so it will be delivered again.
@@ -437,14 +444,36 @@ where
     /// Runs until `shutdown` is triggered (the open batch is still processed) or the source
     /// ends. On error the current batch is left unsettled, so it is delivered again. A batch
     /// that was answered but could not be settled (see [`WorkerStats::settle_failures`]) does
-    /// not stop the worker.
+    /// not stop the worker, nor does a transient receive error (the source's
+    /// [`MessageSource::receive_failure`]: a broker restarting; see
+    /// [`WorkerStats::receive_errors`]): the worker pauses [`RECEIVE_RETRY_PAUSE`] and receives
+    /// again.
     pub async fn run(&mut self, shutdown: &Shutdown) -> Result<WorkerStats, WorkerError> {
         loop {
-            let batch = self
-                .collector
-                .next_batch(shutdown)
-                .await
-                .map_err(|e| WorkerError::Receive(boxed(e)))?;
+            let batch = match self.collector.next_batch(shutdown).await {
+                Ok(batch) => batch,
+                // The broker is away (restarting, a connection dropped) and the client
+                // reconnects on its own: count it, pause a moment, and receive again.
+                Err(error)
+                    if self.collector.source().receive_failure(&error)
+                        == ReceiveFailure::Transient =>
+                {
+                    self.stats.receive_errors += 1;
+                    if self.stats.receive_errors.is_power_of_two() {
+                        tracing::warn!(
+                            %error,
+                            receive_errors = self.stats.receive_errors,
+                            "receiving requests failed; the client reconnects, the worker keeps receiving"
+                        );
+                    }
+                    tokio::select! {
+                        () = shutdown.triggered() => {}
+                        () = tokio::time::sleep(RECEIVE_RETRY_PAUSE) => {}
+                    }
+                    continue;
+                }
+                Err(error) => return Err(WorkerError::Receive(boxed(error))),
+            };
             let Some(batch) = batch else {
                 return Ok(self.stats);
             };
@@ -1131,6 +1160,116 @@ mod tests {
             settled,
             sent,
         }
+    }
+
+    /// A scripted source: messages and receive errors in order, then the end. A connection
+    /// reset is transient, any other error fatal.
+    struct Scripted {
+        items: VecDeque<Result<Message, std::io::ErrorKind>>,
+        settled: Arc<Mutex<Vec<i64>>>,
+    }
+
+    impl MessageSource for Scripted {
+        type Message = Message;
+        type Error = std::io::Error;
+        fn system(&self) -> &'static str {
+            "test"
+        }
+        fn receive_failure(&self, error: &std::io::Error) -> ReceiveFailure {
+            if error.kind() == std::io::ErrorKind::ConnectionReset {
+                ReceiveFailure::Transient
+            } else {
+                ReceiveFailure::Fatal
+            }
+        }
+        async fn next_message(&mut self) -> Option<Result<Message, std::io::Error>> {
+            self.items
+                .pop_front()
+                .map(|item| item.map_err(std::io::Error::from))
+        }
+        async fn settle(&mut self, messages: &[Message], _: &Context) -> std::io::Result<()> {
+            if let Ok(mut settled) = self.settled.lock() {
+                settled.extend(messages.iter().map(|m| m.offset));
+            }
+            Ok(())
+        }
+    }
+
+    async fn run_scripted(
+        items: Vec<Result<usize, std::io::ErrorKind>>,
+    ) -> (Result<WorkerStats, WorkerError>, Vec<i64>) {
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let source = Scripted {
+            items: items
+                .into_iter()
+                .map(|item| {
+                    item.map(|offset| Message {
+                        payload: good(offset),
+                        offset: offset as i64,
+                        extracted: Extracted {
+                            context: Context::new(),
+                            outcome: ExtractOutcome::Missing,
+                        },
+                    })
+                })
+                .collect(),
+            settled: settled.clone(),
+        };
+        let sink = Sink {
+            replies: Treatment::Takes(usize::MAX),
+            dead_letters: Treatment::Takes(usize::MAX),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        let config = WorkerConfig::new(REPLIES, DLQ)
+            .with_batch(BatchConfig::new(2, Duration::from_millis(10)));
+        let model = CpuModel::new("m", "1", Mlp::seeded(INPUT_WIDTH, &[8], 7));
+        let mut worker = Worker::new(
+            source,
+            sink,
+            InMemoryFeatureStore::generated(4, 7),
+            model,
+            config,
+        );
+        let result = worker.run(&Shutdown::new()).await;
+        let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+        (result, settled)
+    }
+
+    #[tokio::test]
+    async fn transient_receive_errors_are_ridden_out_and_counted() {
+        use std::io::ErrorKind::ConnectionReset;
+        let (result, settled) = run_scripted(vec![
+            Ok(0),
+            Err(ConnectionReset),
+            Err(ConnectionReset),
+            Ok(1),
+            Ok(2),
+        ])
+        .await;
+        let stats = result.expect("the worker keeps going");
+        assert_eq!(stats.receive_errors, 2);
+        assert_eq!(stats.messages, 3);
+        assert_eq!(
+            settled,
+            vec![0, 1, 2],
+            "every message processed and settled"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fatal_receive_error_stops_the_worker_after_the_messages_before_it() {
+        let (result, settled) = run_scripted(vec![
+            Ok(0),
+            Err(std::io::ErrorKind::PermissionDenied),
+            Ok(1),
+        ])
+        .await;
+        assert!(matches!(result, Err(WorkerError::Receive(_))), "{result:?}");
+        assert_eq!(
+            settled,
+            vec![0],
+            "the message before the error was processed"
+        );
     }
 
     #[test]

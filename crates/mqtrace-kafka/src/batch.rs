@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mqtrace_core::batch::{InboundMessage, MessageSink, MessageSource, Outgoing, SendFailure};
+use mqtrace_core::batch::{
+    InboundMessage, MessageSink, MessageSource, Outgoing, ReceiveFailure, SendFailure,
+};
 use mqtrace_core::propagation::Extracted;
 use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue, StringValue};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
@@ -131,6 +134,17 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
 
     fn client_id(&self) -> Option<&str> {
         self.client_id.as_ref().map(StringValue::as_str)
+    }
+
+    /// librdkafka reports broker outages to the consumer as errors (`AllBrokersDown`,
+    /// `BrokerTransportFailure`...) and reconnects by itself: every receive error is transient
+    /// but a fatal one (`KafkaError::MessageConsumptionFatal`).
+    fn receive_failure(&self, error: &Error) -> ReceiveFailure {
+        match error {
+            Error::Receive(KafkaError::MessageConsumptionFatal(_)) => ReceiveFailure::Fatal,
+            Error::Receive(_) => ReceiveFailure::Transient,
+            _ => ReceiveFailure::Fatal,
+        }
     }
 
     /// Cancel-safe, like rdkafka's `StreamConsumer::recv`.

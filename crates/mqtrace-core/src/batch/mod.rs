@@ -18,7 +18,7 @@ mod source;
 mod span;
 
 pub use sink::{MessageSink, Outgoing, SendFailure};
-pub use source::{InboundMessage, MessageSource};
+pub use source::{InboundMessage, MessageSource, ReceiveFailure};
 pub use span::{
     BATCH_LINKS_SPAN_NAME, BatchSpan, BatchSpanBuilder, DEFAULT_LINK_LIMIT, LinkAttributes,
     MQTRACE_BATCH_FIRST_INDEX, MQTRACE_BATCH_LINK_SPANS, MQTRACE_BATCH_UNLINKED,

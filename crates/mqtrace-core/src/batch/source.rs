@@ -41,6 +41,17 @@ pub trait InboundMessage: Send + Sync {
     }
 }
 
+/// What a receive error means for the source that reported it
+/// ([`MessageSource::receive_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiveFailure {
+    /// The source recovers on its own (the client reconnects): receiving again can succeed.
+    Transient,
+    /// The source cannot go on (its channel or consumer is gone, a fatal client error).
+    Fatal,
+}
+
 /// A stream of consumed messages that can settle what was processed.
 ///
 /// Implementations must make [`MessageSource::next_message`] cancel-safe: a batch collector
@@ -63,6 +74,15 @@ pub trait MessageSource: Send {
     /// spans of several workers in one group can be told apart.
     fn client_id(&self) -> Option<&str> {
         None
+    }
+
+    /// Whether a receive error leaves the source usable. [`ReceiveFailure::Transient`] (the
+    /// broker is down or restarting, a connection dropped, and the client reconnects on its
+    /// own): a worker counts it and keeps receiving. [`ReceiveFailure::Fatal`]: the worker
+    /// stops with it. The default is fatal; sources that can tell say which.
+    fn receive_failure(&self, error: &Self::Error) -> ReceiveFailure {
+        let _ = error;
+        ReceiveFailure::Fatal
     }
 
     /// The next message, or `None` when the source has ended. Cancel-safe.
