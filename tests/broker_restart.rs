@@ -2,12 +2,15 @@
 //! (tansu on SQLite, `scripts/test-tansu`): a batch worker serves a steady stream of
 //! requests while the broker process is killed with SIGKILL and started again on the same
 //! storage. Every request is answered at least once, duplicates stay within one batch per
-//! restart, and every reply continues its request's trace.
+//! restart with synchronous batch commits (two with asynchronous ones, the default: a commit
+//! in flight at the kill is lost), and every reply continues its request's trace.
 //!
 //! It needs the broker named by `MQTRACE_KAFKA_BOOTSTRAP` and the command that restarts it,
 //! `MQTRACE_TANSU_RESTART` (both written by `scripts/ensure-tansu start sqlite`). Without them
 //! it says so and does nothing; `MQTRACE_REQUIRE_TANSU=1` (set by `scripts/test-tansu`) makes
 //! that a failure.
+
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -15,11 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fraud_requests::{request_id, valid_request};
 use futures::StreamExt as _;
 use mqtrace::inference::cpu::CpuModel;
 use mqtrace::inference::features::InMemoryFeatureStore;
 use mqtrace::inference::mlp::Mlp;
 use mqtrace::inference::{BatchConfig, INPUT_WIDTH, Shutdown, Worker, WorkerConfig};
+use mqtrace::kafka::rdkafka::consumer::CommitMode;
 use mqtrace::kafka::rdkafka::message::Message as _;
 use mqtrace::kafka::rdkafka::producer::FutureRecord;
 use mqtrace::kafka::rdkafka::{Offset, TopicPartitionList};
@@ -37,20 +42,6 @@ const WINDOW: usize = 20;
 const LAG: usize = 200;
 const MAX_BATCH: usize = 50;
 const DEADLINE: Duration = Duration::from_secs(240);
-
-fn request(i: usize) -> String {
-    format!(
-        r#"{{"request_id":"r-{i}","user_id":"user-{}","amount":{}.5,"merchant_category":"travel","country":"DE","hour":{},"card_present":true}}"#,
-        i % 100,
-        (i * 37) % 9000,
-        i % 24,
-    )
-}
-
-fn request_id(payload: &[u8]) -> String {
-    let reply: serde_json::Value = serde_json::from_slice(payload).expect("reply is JSON");
-    reply["request_id"].as_str().expect("request_id").to_owned()
-}
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)
@@ -103,8 +94,18 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_no_request() {
         );
         return;
     };
+    // One after the other: each kills the broker the other would be using.
+    // Synchronous batch commits: only the batch in progress can come back.
+    drill(&bootstrap, &restart, CommitMode::Sync, MAX_BATCH).await;
+    // Asynchronous (the default): a commit in flight at the kill is lost too.
+    drill(&bootstrap, &restart, CommitMode::Async, 2 * MAX_BATCH).await;
+}
+
+/// One drill: the worker's batches committed with `mode`, at most `bound` duplicate replies.
+async fn drill(bootstrap: &str, restart: &str, mode: CommitMode, bound: usize) {
+    let restart = restart.to_owned();
     let started = Instant::now();
-    let kafka = KafkaFixture::external(&bootstrap);
+    let kafka = KafkaFixture::external(bootstrap);
     let requests = kafka.create_topic("restart", 1).await.expect("topic");
     let replies = kafka
         .create_topic("restart-replies", 1)
@@ -130,7 +131,8 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_no_request() {
     };
     let member = TracedConsumer::from_config(&consumer_config(&unique_name("restart-scorers")))
         .expect("consumer")
-        .with_instrumentation(capture.instrumentation());
+        .with_instrumentation(capture.instrumentation())
+        .with_batch_commit_mode(mode);
     member.subscribe(&[&requests]).expect("subscribe");
     let mut worker = Worker::with_instrumentation(
         member,
@@ -176,7 +178,7 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_no_request() {
                         }
                         let result = requester
                             .send_with_context(
-                                FutureRecord::<str, str>::to(requests).payload(&request(i)),
+                                FutureRecord::<str, str>::to(requests).payload(&valid_request(i)),
                                 Duration::from_secs(180),
                                 &Context::new(),
                             )
@@ -229,8 +231,8 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_no_request() {
     assert_eq!(answered.keys().cloned().collect::<HashSet<_>>(), all);
     let duplicates: usize = answered.values().map(|n| n - 1).sum();
     assert!(
-        duplicates <= MAX_BATCH,
-        "{duplicates} duplicate replies: more than one batch ({MAX_BATCH}) for one restart"
+        duplicates <= bound,
+        "{duplicates} duplicate replies with {mode:?} commits: more than {bound} for one restart"
     );
 
     // Every reply continues its request's trace; nothing was cut by the restart.
@@ -255,7 +257,7 @@ async fn a_broker_killed_and_restarted_mid_stream_loses_no_request() {
         "every reply is sent in its request's trace"
     );
     println!(
-        "broker-restart drill: {REQUESTS} requests, broker killed after {sent_at_kill} sent and \
+        "broker-restart drill ({mode:?} batch commits): {REQUESTS} requests, broker killed after {sent_at_kill} sent and \
          {answered_at_kill} answered and restarted on its storage; all answered, {duplicates} \
          duplicate replies, worker: {} batches, {} messages, {} settle failures, {} receive \
          errors ridden out; {:.1} s",

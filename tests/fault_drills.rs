@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::amqp::AmqpHarness;
+use common::fraud_requests::{request_id, valid_request};
 use common::stalling_sink::StallingSink;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -491,20 +492,6 @@ async fn drill_4_kafka_broker_down_and_up_loses_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // Drill 5: a batch worker crashes mid-batch; a new one restarts in the same group.
-
-fn valid_request(i: usize) -> String {
-    format!(
-        r#"{{"request_id":"r-{i}","user_id":"user-{}","amount":{}.5,"merchant_category":"travel","country":"DE","hour":{},"card_present":true}}"#,
-        i % 100,
-        (i * 37) % 9000,
-        i % 24,
-    )
-}
-
-fn request_id(payload: &[u8]) -> String {
-    let reply: serde_json::Value = serde_json::from_slice(payload).expect("reply is JSON");
-    reply["request_id"].as_str().expect("request_id").to_owned()
-}
 
 /// Reads replies from `reader`, counting them per request id in `answered`, until `done`.
 async fn read_replies(

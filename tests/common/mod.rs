@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod built;
+pub mod fraud_requests;
 pub mod random_flag;
 pub mod stalling_sink;
 pub mod w3c_cases;

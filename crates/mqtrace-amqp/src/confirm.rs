@@ -18,11 +18,8 @@ use mqtrace_core::span::SpanExtras;
 use crate::error::{Error, Result, error_type};
 use crate::publisher::{Published, Unconfirmed};
 
-/// A published message waiting for its confirm, with what hands it back when none comes.
-pub(crate) struct Sent<'a> {
-    pub(crate) span: MessagingSpan,
-    pub(crate) confirm: PublisherConfirm,
-    pub(crate) destination: String,
+/// What hands a message back when the broker does not confirm it.
+pub(crate) struct Kept<'a> {
     pub(crate) exchange: Cow<'a, str>,
     pub(crate) routing_key: Cow<'a, str>,
     pub(crate) options: BasicPublishOptions,
@@ -32,13 +29,30 @@ pub(crate) struct Sent<'a> {
     pub(crate) resend_count: u32,
 }
 
-impl Sent<'_> {
-    /// The same, owning the message (copied), to outlive the caller's borrows.
-    pub(crate) fn into_owned(self) -> Sent<'static> {
-        Sent {
-            span: self.span,
-            confirm: self.confirm,
-            destination: self.destination,
+impl Kept<'_> {
+    /// Ends `span` as failed and gives the message back, for the caller to republish.
+    pub(crate) fn unconfirmed(
+        &self,
+        span: MessagingSpan,
+        error_type: String,
+        description: String,
+    ) -> Box<Unconfirmed> {
+        let attempt = span.context().clone();
+        span.end_with_error(error_type, description);
+        Box::new(Unconfirmed {
+            exchange: self.exchange.clone().into_owned(),
+            routing_key: self.routing_key.clone().into_owned(),
+            options: self.options,
+            payload: self.payload.to_vec(),
+            properties: self.properties.clone(),
+            extras: self.extras.clone(),
+            attempt,
+            resend_count: self.resend_count,
+        })
+    }
+
+    fn into_owned(self) -> Kept<'static> {
+        Kept {
             exchange: Cow::Owned(self.exchange.into_owned()),
             routing_key: Cow::Owned(self.routing_key.into_owned()),
             options: self.options,
@@ -48,6 +62,26 @@ impl Sent<'_> {
             resend_count: self.resend_count,
         }
     }
+}
+
+/// A published message waiting for its confirm, with what hands it back when none comes.
+pub(crate) struct Sent<'a> {
+    pub(crate) span: MessagingSpan,
+    pub(crate) confirm: PublisherConfirm,
+    pub(crate) destination: String,
+    pub(crate) kept: Kept<'a>,
+}
+
+impl Sent<'_> {
+    /// The same, owning the message (copied), to outlive the caller's borrows.
+    pub(crate) fn into_owned(self) -> Sent<'static> {
+        Sent {
+            span: self.span,
+            confirm: self.confirm,
+            destination: self.destination,
+            kept: self.kept.into_owned(),
+        }
+    }
 
     /// Waits for the broker's confirm and ends the send span with its outcome.
     pub(crate) async fn confirmed(self) -> Result<Published> {
@@ -55,33 +89,12 @@ impl Sent<'_> {
             span,
             confirm,
             destination,
-            exchange,
-            routing_key,
-            options,
-            payload,
-            properties,
-            extras,
-            resend_count,
+            kept,
         } = self;
-        // Ends the span as failed and gives the message back, for the caller to republish.
-        let unconfirmed = |span: MessagingSpan, error_type: String, description: String| {
-            let attempt = span.context().clone();
-            span.end_with_error(error_type, description);
-            Box::new(Unconfirmed {
-                exchange: exchange.into_owned(),
-                routing_key: routing_key.into_owned(),
-                options,
-                payload: payload.into_owned(),
-                properties,
-                extras,
-                attempt,
-                resend_count,
-            })
-        };
         match confirm.await {
             Err(source) => Err(Error::Publish {
                 destination: destination.clone(),
-                message: unconfirmed(span, error_type(&source), source.to_string()),
+                message: kept.unconfirmed(span, error_type(&source), source.to_string()),
                 source,
             }),
             Ok(Confirmation::NotRequested) => {
@@ -105,7 +118,7 @@ impl Sent<'_> {
                 })
             }
             Ok(Confirmation::Nack(None)) => Err(Error::Nacked {
-                message: unconfirmed(
+                message: kept.unconfirmed(
                     span,
                     "nack".to_owned(),
                     "the broker nacked the message".to_owned(),

@@ -14,7 +14,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY;
 
-use crate::confirm::{PendingConfirm, Sent};
+use crate::confirm::{Kept, PendingConfirm, Sent};
 use crate::destination::publish_destination;
 use crate::error::{Error, Result, error_type};
 use crate::headers::merge_injected;
@@ -518,8 +518,15 @@ impl TracedPublisher {
         } = target;
         let destination = publish_destination(exchange, routing_key);
         // Kept to hand the message back if the broker does not confirm it.
-        let kept_properties = properties.clone();
-        let kept_extras = extras.clone();
+        let kept = Kept {
+            exchange: Cow::Borrowed(exchange),
+            routing_key: Cow::Borrowed(routing_key),
+            options,
+            payload: Cow::Borrowed(payload),
+            properties: properties.clone(),
+            extras: extras.clone(),
+            resend_count,
+        };
         let mut builder = MessagingSpanBuilder::new(SYSTEM, OperationType::Send, "send")
             .with_extras(extras)
             .with_destination(destination.clone())
@@ -552,24 +559,9 @@ impl TracedPublisher {
             Some(headers) => properties.with_headers(headers),
             None => properties,
         };
-        // Ends the span as failed and gives the message back, for the caller to republish.
-        let unconfirmed = |span: MessagingSpan, error_type: String, description: String| {
-            let attempt = span.context().clone();
-            span.end_with_error(error_type, description);
-            Box::new(Unconfirmed {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-                options,
-                payload: payload.to_vec(),
-                properties: kept_properties.clone(),
-                extras: kept_extras.clone(),
-                attempt,
-                resend_count,
-            })
-        };
         let failed = |span: MessagingSpan, source: lapin::Error| Error::Publish {
             destination: destination.clone(),
-            message: unconfirmed(span, error_type(&source), source.to_string()),
+            message: kept.unconfirmed(span, error_type(&source), source.to_string()),
             source,
         };
         let channel = match self.usable_channel().await {
@@ -597,13 +589,7 @@ impl TracedPublisher {
             span,
             confirm,
             destination,
-            exchange: Cow::Borrowed(exchange),
-            routing_key: Cow::Borrowed(routing_key),
-            options,
-            payload: Cow::Borrowed(payload),
-            properties: kept_properties,
-            extras: kept_extras,
-            resend_count,
+            kept,
         })
     }
 }

@@ -1115,6 +1115,18 @@ mod tests {
             .collect()
     }
 
+    /// Runs a worker with the test model and feature store on `source` until it ends.
+    async fn run_worker<S: MessageSource<Message = Message>>(
+        source: S,
+        sink: Sink,
+        config: WorkerConfig,
+    ) -> Result<WorkerStats, WorkerError> {
+        let model = CpuModel::new("m", "1", Mlp::seeded(INPUT_WIDTH, &[8], 7));
+        let store = InMemoryFeatureStore::generated(4, 7);
+        let mut worker = Worker::new(source, sink, store, model, config);
+        worker.run(&Shutdown::new()).await
+    }
+
     /// One batch: `payloads` at offsets 0.., through a worker with `retries` retries.
     async fn run(payloads: Vec<Vec<u8>>, replies: Treatment, dead_letters: Treatment) -> Run {
         let settled = Arc::new(Mutex::new(Vec::new()));
@@ -1144,15 +1156,7 @@ mod tests {
             .with_batch(BatchConfig::new(count, Duration::from_secs(1)))
             .with_send_retries(2)
             .with_max_request_bytes(64 * 1024);
-        let model = CpuModel::new("m", "1", Mlp::seeded(INPUT_WIDTH, &[8], 7));
-        let mut worker = Worker::new(
-            source,
-            sink,
-            InMemoryFeatureStore::generated(4, 7),
-            model,
-            config,
-        );
-        let result = worker.run(&Shutdown::new()).await;
+        let result = run_worker(source, sink, config).await;
         let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
         let sent = log.lock().map(|s| s.clone()).unwrap_or_default();
         Run {
@@ -1222,15 +1226,7 @@ mod tests {
         };
         let config = WorkerConfig::new(REPLIES, DLQ)
             .with_batch(BatchConfig::new(2, Duration::from_millis(10)));
-        let model = CpuModel::new("m", "1", Mlp::seeded(INPUT_WIDTH, &[8], 7));
-        let mut worker = Worker::new(
-            source,
-            sink,
-            InMemoryFeatureStore::generated(4, 7),
-            model,
-            config,
-        );
-        let result = worker.run(&Shutdown::new()).await;
+        let result = run_worker(source, sink, config).await;
         let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
         (result, settled)
     }

@@ -13,7 +13,7 @@ use mqtrace_core::span::SpanExtras;
 use mqtrace_core::{MessagingSpanBuilder, OperationType, semconv};
 use opentelemetry::trace::Link;
 use opentelemetry::{Context, KeyValue, StringValue};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -152,9 +152,10 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
         Some(self.recv().await.map(|message| message.detach()))
     }
 
-    /// Commits, per partition, the offset after the batch's last message (asynchronously;
-    /// a commit that is lost only means the batch is delivered again). Traced as a
-    /// `commit {topic}` settle span per topic.
+    /// Commits, per partition, the offset after the batch's last message (asynchronously
+    /// unless [`TracedConsumer::with_batch_commit_mode`] says otherwise; a commit that is lost
+    /// only means the batch is delivered again). Traced as a `commit {topic}` settle span per
+    /// topic.
     ///
     /// For at-least-once processing the consumer must not commit on its own: create it with
     /// `enable.auto.commit=false` (or `enable.auto.offset.store=false`).
@@ -182,7 +183,7 @@ impl<C: ConsumerContext + 'static> MessageSource for TracedConsumer<C> {
             .with_client_attributes(builder)
             .start(self.instrumentation(), parent);
         span.set_message_count(messages.len() as u64);
-        match self.inner().commit(&list, CommitMode::Async) {
+        match self.inner().commit(&list, self.batch_commit_mode) {
             Ok(()) => {
                 span.end();
                 Ok(())

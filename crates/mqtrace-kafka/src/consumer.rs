@@ -171,6 +171,7 @@ pub struct TracedConsumer<C: ConsumerContext + 'static = DefaultConsumerContext>
     pub(crate) group: Option<StringValue>,
     pub(crate) client_id: Option<StringValue>,
     server: Option<(StringValue, i64)>,
+    pub(crate) batch_commit_mode: CommitMode,
 }
 
 impl<C: ConsumerContext + 'static> fmt::Debug for TracedConsumer<C> {
@@ -221,7 +222,20 @@ impl<C: ConsumerContext + 'static> TracedConsumer<C> {
             group,
             client_id,
             server,
+            batch_commit_mode: CommitMode::Async,
         }
+    }
+
+    /// How a batch worker's settle commits a processed batch's offsets (the
+    /// [`MessageSource`](mqtrace_core::batch::MessageSource) implementation).
+    /// [`CommitMode::Async`] (the default) does not wait for the broker: if the broker goes
+    /// away while a commit is in flight, that commit is lost and, with the batch being
+    /// processed, up to two batches are delivered again. [`CommitMode::Sync`] waits for the
+    /// broker's answer, blocking the calling thread for it as rdkafka's `commit` does, and
+    /// holds redelivery after a broker restart to the one batch in progress.
+    pub fn with_batch_commit_mode(mut self, mode: CommitMode) -> Self {
+        self.batch_commit_mode = mode;
+        self
     }
 
     /// Uses these providers and propagation settings instead of the global ones.
