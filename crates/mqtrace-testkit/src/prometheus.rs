@@ -172,7 +172,7 @@ pub const MQTRACE_METRICS: &[OtelMetric] = &[
         "{message}",
         MetricKind::Counter,
     ),
-    // mqtrace-core: the export pipeline (crates/mqtrace-core/src/telemetry/span_queue.rs)
+    // mqtrace-telemetry: the export pipeline (crates/mqtrace-telemetry/src/span_queue.rs)
     OtelMetric::new(
         semconv::MQTRACE_TELEMETRY_SPANS_DROPPED,
         "{span}",
