@@ -16,7 +16,7 @@
 //! crate can *replace* the propagator's fields in the outgoing headers instead of appending.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use opentelemetry::propagation::{Extractor, Injector};
@@ -320,6 +320,70 @@ pub struct InjectedHeaders {
     known_fields: u8,
     /// The propagator's other fields, lowercased.
     fields: Vec<Cow<'static, str>>,
+}
+
+thread_local! {
+    /// Header value strings of [`InjectedHeaders`] dropped on this thread, for the next
+    /// injection's values ([`header_value_buffer`]): a message's `traceparent` then
+    /// allocates nothing once the thread has sent one.
+    static SPARE_VALUES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare value strings kept per thread, and the largest one kept (bigger ones are freed).
+const SPARE_VALUES_KEPT: usize = 4;
+const SPARE_VALUE_MAX_CAPACITY: usize = 512;
+
+/// An empty string with room for `capacity` bytes, for a header value a propagator is about
+/// to [`Injector::set`]: one of this thread's spares when there is one (the values of
+/// [`InjectedHeaders`] dropped here), else a new one. mqtrace's W3C propagator writes its
+/// `traceparent` into one; any propagator may.
+///
+/// # Example
+///
+/// ```
+/// use mqtrace_core::carrier::header_value_buffer;
+///
+/// let mut value = header_value_buffer(55);
+/// value.push_str("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+/// assert_eq!(value.len(), 55);
+/// ```
+pub fn header_value_buffer(capacity: usize) -> String {
+    let spare = SPARE_VALUES
+        .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut value) => {
+            value.clear();
+            value.reserve(capacity);
+            value
+        }
+        None => String::with_capacity(capacity),
+    }
+}
+
+fn give_back_value(value: String) {
+    if value.capacity() == 0 || value.capacity() > SPARE_VALUE_MAX_CAPACITY {
+        return;
+    }
+    let _ = SPARE_VALUES.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut()
+            && spares.len() < SPARE_VALUES_KEPT
+        {
+            spares.push(value);
+        }
+    });
+}
+
+impl Drop for InjectedHeaders {
+    fn drop(&mut self) {
+        if let Some((_, value)) = self.first.take() {
+            give_back_value(value);
+        }
+        for (_, value) in self.rest.drain(..) {
+            give_back_value(value);
+        }
+    }
 }
 
 impl InjectedHeaders {

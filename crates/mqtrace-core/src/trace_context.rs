@@ -360,7 +360,7 @@ fn traceparent(sc: &SpanContext) -> String {
             out.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
     }
-    let mut out = String::with_capacity(55);
+    let mut out = crate::carrier::header_value_buffer(55);
     out.push_str("00-");
     push_hex(&mut out, &sc.trace_id().to_bytes());
     out.push('-');

@@ -222,6 +222,8 @@ impl<C: ClientContext + 'static> TracedProducer<C> {
 
         let injected = self.instrumentation.propagation().inject(span.context());
         record.headers = merge_injected(record.headers.take(), &injected);
+        // Now, on this thread: its value strings go back to the thread's spares.
+        drop(injected);
         let topic = record.topic;
 
         match self.inner.send(record, queue_timeout).await {
