@@ -174,6 +174,26 @@ struct Attempt<'a> {
     resend_count: u32,
 }
 
+impl<'a> Attempt<'a> {
+    /// A message's first publish.
+    fn first(
+        target: Target<'a>,
+        options: BasicPublishOptions,
+        payload: &'a [u8],
+        properties: BasicProperties,
+        extras: SpanExtras,
+    ) -> Self {
+        Self {
+            target,
+            options,
+            payload,
+            properties,
+            extras,
+            resend_count: 0,
+        }
+    }
+}
+
 /// Publishes over a lapin [`Channel`] so that every message carries the current trace
 /// context in its headers and is traced as a PRODUCER `send {destination}` span.
 ///
@@ -378,14 +398,7 @@ impl TracedPublisher {
         parent: &Context,
         extras: SpanExtras,
     ) -> Result<Published> {
-        let attempt = Attempt {
-            target,
-            options,
-            payload,
-            properties,
-            extras,
-            resend_count: 0,
-        };
+        let attempt = Attempt::first(target, options, payload, properties, extras);
         self.publish_attempt(attempt, parent).await
     }
 
@@ -486,17 +499,11 @@ impl TracedPublisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<PendingConfirm> {
-        let attempt = Attempt {
-            target: Target {
-                exchange,
-                routing_key,
-            },
-            options,
-            payload,
-            properties,
-            extras: SpanExtras::default(),
-            resend_count: 0,
+        let target = Target {
+            exchange,
+            routing_key,
         };
+        let attempt = Attempt::first(target, options, payload, properties, SpanExtras::default());
         let parent = Context::current();
         let sent = self.send_attempt(attempt, &parent).await?;
         Ok(PendingConfirm::new(sent.into_owned()))

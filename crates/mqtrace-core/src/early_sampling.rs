@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
 
-use crate::sampling::Sampling;
+use crate::sampling::{DeclaredSampling, Sampling};
 
 /// A built-in sampler mqtrace asks before building a span.
 #[derive(Debug, Clone)]
@@ -89,6 +89,11 @@ impl EarlySampler {
             },
         };
         Self { rule, alive }
+    }
+
+    /// The sampler `declared` names, deciding while it is in force.
+    pub(crate) fn declared(declared: &DeclaredSampling) -> Self {
+        Self::new(declared.sampling(), Some(declared.alive()))
     }
 
     /// Whether this sampler can ever drop a span early (`always_on` cannot).
@@ -202,15 +207,14 @@ fn random_trace_id() -> TraceId {
 }
 
 thread_local! {
-    /// The sampler (and withdrawal flag) a provider announced while making a tracer on this
-    /// thread, until [`tracer_with_sampler`] takes it.
-    static OFFERED: RefCell<Option<(Sampling, Arc<AtomicBool>)>> = const { RefCell::new(None) };
+    /// The sampler a provider announced while making a tracer on this thread, until
+    /// [`tracer_with_sampler`] takes it.
+    static OFFERED: RefCell<Option<DeclaredSampling>> = const { RefCell::new(None) };
 }
 
-/// Records what [`DeclaredSampling::announce`](crate::sampling::DeclaredSampling::announce)
-/// tells.
-pub(crate) fn offer(sampling: Sampling, alive: Arc<AtomicBool>) {
-    OFFERED.with(|offered| *offered.borrow_mut() = Some((sampling, alive)));
+/// Records what [`DeclaredSampling::announce`] tells.
+pub(crate) fn offer(declared: &DeclaredSampling) {
+    OFFERED.with(|offered| *offered.borrow_mut() = Some(declared.clone()));
 }
 
 /// Makes a tracer with `make` and, when its provider announced its sampler while making it,
@@ -220,7 +224,7 @@ pub(crate) fn tracer_with_sampler<T>(make: impl FnOnce() -> T) -> (T, Option<Ear
     let tracer = make();
     let early = OFFERED
         .with(|offered| offered.borrow_mut().take())
-        .map(|(sampling, alive)| EarlySampler::new(sampling, Some(alive)));
+        .map(|declared| EarlySampler::declared(&declared));
     (tracer, early)
 }
 
@@ -228,7 +232,6 @@ pub(crate) fn tracer_with_sampler<T>(make: impl FnOnce() -> T) -> (T, Option<Ear
 mod tests {
     use super::*;
     use crate::instrumentation::Instrumentation;
-    use crate::sampling::DeclaredSampling;
     use crate::span::{MessagingSpan, MessagingSpanBuilder, OperationType};
     use opentelemetry::trace::{TraceState, TracerProvider as _};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};

@@ -284,10 +284,7 @@ impl InstrumentationBuilder {
     /// Like [`with_sampling`](Self::with_sampling), for as long as `declared` is in force:
     /// once it is withdrawn (the provider shut down), every span goes through the provider.
     pub fn with_declared_sampling(self, declared: &DeclaredSampling) -> Self {
-        self.with_early_sampler(EarlySampler::new(
-            declared.sampling(),
-            Some(declared.alive()),
-        ))
+        self.with_early_sampler(EarlySampler::declared(declared))
     }
 
     pub(crate) fn with_early_sampler(mut self, early: EarlySampler) -> Self {

@@ -121,7 +121,7 @@ impl DeclaredSampling {
     /// `Instrumentation::global()`) that the tracer samples with this sampler. Call it from
     /// `TracerProvider::tracer_with_scope`.
     pub fn announce(&self) {
-        crate::early_sampling::offer(self.sampling, Arc::clone(&self.alive));
+        crate::early_sampling::offer(self);
     }
 
     pub(crate) fn alive(&self) -> Arc<AtomicBool> {
